@@ -1,0 +1,21 @@
+# RD weight pruning settings. Inherit this beside a detector config:
+#   _base_ = ['mmdet3d::<detector config>', '../_base_/rd_weight_pruning.py']
+custom_imports = dict(imports=['rdprune_mm'], allow_failed_imports=False)
+
+pruner = dict(
+    type='RDWeightPruner',
+    # share of the prunable layers' weights to keep, in (0, 1]
+    budget=0.5,
+    # pruned shares 0, 1/20, ..., 1 of every layer's curve
+    num_levels=21,
+    # regular expressions over module names (re.search); None: all layers
+    targets=dict(include=None, exclude=None),
+    # NormalizedMSE | MSE | WorstCaseNormalizedMSE
+    distortion=dict(type='NormalizedMSE'),
+    min_keep=0.0,
+    # None: the detection head (pts_bbox_head, bbox_head or rpn+roi head)
+    head_modules=None)
+
+# one frame per batch, preprocessed once; either the config's dataloader
+# with its dataset fields overridden, or calibration = dict(frames=[...])
+calibration = dict(dataloader='val_dataloader', num_samples=1)

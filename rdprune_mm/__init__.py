@@ -1,0 +1,22 @@
+"""rdprune_mm: rate-distortion optimal pruning for MMDetection3D.
+
+Importing the package registers its pruners and distortion measures and
+makes spconv 2 exact and deterministic on CPU.
+"""
+from .spconv_cpu import patch_spconv_cpu
+
+patch_spconv_cpu()
+
+from . import distortion, pruners  # noqa: E402,F401
+from .allocator import Allocation, InfeasibleBudgetError, allocate  # noqa
+from .errors import PruningInputError  # noqa: E402
+from .pruners import PruningResult, RDWeightPruner  # noqa: E402
+from .registry import DISTORTIONS, PRUNERS  # noqa: E402
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'allocate', 'Allocation', 'InfeasibleBudgetError', 'PruningInputError',
+    'RDWeightPruner', 'PruningResult', 'PRUNERS', 'DISTORTIONS',
+    'patch_spconv_cpu', '__version__'
+]

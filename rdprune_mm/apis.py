@@ -1,0 +1,106 @@
+"""Building a detector from a config and checkpoint, and saving it again."""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Optional, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint, set_random_seed
+from mmengine.runner.checkpoint import (_load_checkpoint, save_checkpoint,
+                                        weights_to_cpu)
+from torch import nn
+
+from .errors import PruningInputError
+from .fileio import atomic_write
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Read an OpenMMLab config, with ``--cfg-options`` merged in."""
+    if not osp.isfile(path):
+        raise PruningInputError(
+            f'config {path} does not exist; give the path of a config file, '
+            'e.g. configs/centerpoint/'
+            'rd-weight_centerpoint_voxel01_second_secfpn_nus.py')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if 'pruner' not in cfg:
+        raise PruningInputError(
+            f'config {path} has no pruner; add '
+            "_base_ = ['<configs>/_base_/rd_weight_pruning.py'] to it")
+    return cfg
+
+
+def _fit_message(model: nn.Module, path: str) -> str:
+    state = _load_checkpoint(path, map_location='cpu')
+    state = state.get('state_dict', state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state)
+                        if tuple(own[k].shape) != tuple(state[k].shape))
+    parts = [
+        f'{len(keys)} {what} (e.g. {keys[0]})'
+        for what, keys in (('missing keys', missing), ('unexpected keys',
+                                                        unexpected),
+                           ('shape mismatches', mismatched)) if keys
+    ]
+    return ', '.join(parts) or 'it could not be loaded'
+
+
+def build_detector(cfg: Config,
+                   checkpoint: Optional[str] = None,
+                   device: str = 'cpu',
+                   seed: int = 0) -> Tuple[nn.Module, dict]:
+    """Build the config's model, load a checkpoint, put it in eval mode.
+
+    Args:
+        cfg: The config; its ``default_scope`` picks the registry.
+        checkpoint: A checkpoint of this model, or None for random weights.
+        device: Where the model runs.
+        seed: Seed of the random initialisation.
+
+    Returns:
+        tuple: The model and the checkpoint's ``meta`` (empty without one).
+
+    Raises:
+        PruningInputError: If the checkpoint is missing or does not fit.
+    """
+    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
+    set_random_seed(seed)
+    model = MODELS.build(cfg.model)
+    meta: dict = {}
+    if checkpoint is not None:
+        if not osp.isfile(checkpoint):
+            raise PruningInputError(
+                f'checkpoint {checkpoint} does not exist; fix --checkpoint '
+                'or leave it out to prune random weights')
+        try:
+            loaded = load_checkpoint(
+                model, checkpoint, map_location='cpu', strict=True,
+                logger='silent')
+        except Exception as error:  # torch.load and strict loading errors
+            try:
+                reason = _fit_message(model, checkpoint)
+            except Exception:
+                reason = f'{type(error).__name__}: {str(error)[:200]}'
+            raise PruningInputError(
+                f'checkpoint {checkpoint} does not fit the model of the '
+                f'config ({reason}); give a checkpoint trained with this '
+                'config') from None
+        meta = dict(loaded.get('meta', {}))
+    model.cfg = cfg
+    return model.to(device).eval(), meta
+
+
+def save_pruned_checkpoint(model: nn.Module, path: str, meta: dict) -> None:
+    """Atomically save an ordinary mmengine checkpoint of ``model``."""
+    checkpoint = dict(
+        meta=meta, state_dict=weights_to_cpu(model.state_dict()))
+    atomic_write(path, lambda tmp: save_checkpoint(checkpoint, tmp))
+
+
+def default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -1,0 +1,127 @@
+"""Calibration batches: a few frames, preprocessed once, on the model's device.
+
+Two sources, chosen by the ``calibration`` dict of a config:
+
+* ``dict(dataloader='val_dataloader', num_samples=1, dataset=dict(...))``:
+  the config's own dataloader (its mmdet3d dataset and pipeline), with the
+  dataset fields in ``dataset`` overridden (e.g. ``data_root``, ``ann_file``);
+* ``dict(frames=['a.bin', 'b.png'])``: files run through the config's test
+  pipeline, as mmdet3d's and mmdet's inference APIs do.
+"""
+from __future__ import annotations
+
+import copy
+import os.path as osp
+from typing import List, Sequence
+
+from mmengine.config import Config, ConfigDict
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.runner import Runner
+from torch import nn
+
+from .errors import PruningInputError
+
+
+def _preprocess(model: nn.Module, batches) -> List[dict]:
+    return [model.data_preprocessor(batch, False) for batch in batches]
+
+
+def _check_ann_file(dataset_cfg: dict) -> None:
+    ann_file = dataset_cfg.get('ann_file')
+    if not ann_file:
+        return
+    path = osp.join(dataset_cfg.get('data_root') or '', ann_file)
+    if not osp.isfile(path):
+        raise PruningInputError(
+            f'calibration annotation file {path} does not exist; fix '
+            'calibration.dataset.data_root / ann_file or use '
+            "calibration.frames=['<frame file>', ...]")
+
+
+def _dataloader_batches(cfg: Config, model: nn.Module,
+                        calibration: dict) -> List[dict]:
+    key = calibration.get('dataloader', 'val_dataloader')
+    if key not in cfg:
+        raise PruningInputError(
+            f'the config has no {key} to calibrate on; set '
+            'calibration.dataloader or calibration.frames')
+    loader_cfg = copy.deepcopy(cfg[key])
+    dataset_cfg = loader_cfg['dataset']
+    while 'dataset' in dataset_cfg and 'pipeline' not in dataset_cfg:
+        dataset_cfg = dataset_cfg['dataset']
+    dataset_cfg.update(calibration.get('dataset', {}))
+    _check_ann_file(dataset_cfg)
+    loader_cfg.update(
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type='DefaultSampler', shuffle=False))
+    loader = Runner.build_dataloader(loader_cfg)
+    num_samples = calibration.get('num_samples', 1)
+    batches = []
+    for batch in loader:
+        if len(batches) >= num_samples:
+            break
+        batches.append(batch)
+    return _preprocess(model, batches)
+
+
+def _frame_input(path: str, first_transform: str, cfg: Config) -> dict:
+    if 'Points' in first_transform:
+        from mmdet3d.structures import get_box_type
+        box_type = cfg.test_dataloader.dataset.get('box_type_3d', 'LiDAR')
+        box_type_3d, box_mode_3d = get_box_type(box_type)
+        return dict(
+            lidar_points=dict(lidar_path=path),
+            timestamp=1,
+            box_type_3d=box_type_3d,
+            box_mode_3d=box_mode_3d)
+    return dict(img_path=path, img_id=0)
+
+
+def _frame_batches(cfg: Config, model: nn.Module,
+                   frames: Sequence[str]) -> List[dict]:
+    missing = [path for path in frames if not osp.isfile(path)]
+    if missing:
+        raise PruningInputError(
+            f'calibration frame(s) not found: {missing}; fix '
+            'calibration.frames')
+    pipeline_cfg = [
+        transform for transform in copy.deepcopy(
+            cfg.test_dataloader.dataset.pipeline)
+        if not transform['type'].split('.')[-1].startswith('LoadAnnotations')
+    ]
+    pipeline = Compose(pipeline_cfg)
+    first = pipeline_cfg[0]['type']
+    samples = [
+        pipeline(_frame_input(path, first, cfg)) for path in frames
+    ]
+    return _preprocess(model, [pseudo_collate([s]) for s in samples])
+
+
+def calibration_batches(cfg: Config, model: nn.Module,
+                        calibration: dict | ConfigDict) -> List[dict]:
+    """Build the preprocessed calibration batches, one frame per batch.
+
+    Args:
+        cfg: The full config (its dataloaders and test pipeline are used).
+        model: The detector; its data preprocessor prepares each batch on
+            the model's device.
+        calibration: The ``calibration`` dict of the config.
+
+    Returns:
+        list[dict]: Preprocessed batches, ready for
+        ``model(**batch, mode='predict')``.
+
+    Raises:
+        PruningInputError: If the source is missing or yields no frame.
+    """
+    frames = calibration.get('frames')
+    batches = (
+        _frame_batches(cfg, model, frames) if frames else
+        _dataloader_batches(cfg, model, calibration))
+    if not batches:
+        raise PruningInputError(
+            'the calibration set is empty; give calibration.frames or a '
+            'calibration.dataset with at least one sample')
+    return batches

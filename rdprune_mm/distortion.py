@@ -1,0 +1,90 @@
+"""Distortion between the reference head outputs and the pruned model's.
+
+Each measure takes two equally long lists (one entry per calibration
+sample) of ``{name: tensor}`` dicts and returns one float. The samples are
+the calibration batches, one frame each by default.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from .registry import DISTORTIONS
+
+HeadTensors = Dict[str, torch.Tensor]
+
+
+def error_terms(
+    reference: Sequence[HeadTensors], outputs: Sequence[HeadTensors]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squared error, reference energy and element count per sample/tensor.
+
+    Returns:
+        tuple[torch.Tensor]: Three float64 ``[samples, tensors]`` matrices:
+        ``sum((y - y_hat)^2)``, ``sum(y^2)`` and the number of elements.
+    """
+    if len(reference) != len(outputs) or not reference:
+        raise ValueError('reference and outputs must be equally long and '
+                         f'non-empty, got {len(reference)} and '
+                         f'{len(outputs)}')
+    names = sorted(reference[0])
+    err, energy, count = [], [], []
+    for ref, out in zip(reference, outputs):
+        if sorted(out) != names:
+            raise ValueError('head outputs changed their names: '
+                             f'{sorted(out)} != {names}')
+        err.append([((out[n].double() - ref[n].double())**2).sum()
+                    for n in names])
+        energy.append([(ref[n].double()**2).sum() for n in names])
+        count.append([float(ref[n].numel()) for n in names])
+    as_matrix = lambda rows: torch.tensor(  # noqa: E731
+        [[float(v) for v in row] for row in rows], dtype=torch.float64)
+    return as_matrix(err), as_matrix(energy), as_matrix(count)
+
+
+@DISTORTIONS.register_module()
+class NormalizedMSE:
+    """Squared error over reference energy, averaged over output tensors.
+
+    ``D = mean_t sum_s ||y_st - y_hat_st||^2 / sum_s ||y_st||^2``, so a
+    heatmap and a regression map weigh alike whatever their scale.
+
+    Args:
+        eps: Added to the energy of all-zero reference tensors.
+    """
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        self.eps = eps
+
+    def __call__(self, reference: Sequence[HeadTensors],
+                 outputs: Sequence[HeadTensors]) -> float:
+        err, energy, _ = error_terms(reference, outputs)
+        return float((err.sum(0) / (energy.sum(0) + self.eps)).mean())
+
+
+@DISTORTIONS.register_module()
+class MSE:
+    """Plain mean squared error over every output element."""
+
+    def __call__(self, reference: Sequence[HeadTensors],
+                 outputs: Sequence[HeadTensors]) -> float:
+        err, _, count = error_terms(reference, outputs)
+        return float(err.sum() / count.sum())
+
+
+@DISTORTIONS.register_module()
+class WorstCaseNormalizedMSE:
+    """The largest per-sample :class:`NormalizedMSE` over the samples.
+
+    Args:
+        eps: Added to the energy of all-zero reference tensors.
+    """
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        self.eps = eps
+
+    def __call__(self, reference: Sequence[HeadTensors],
+                 outputs: Sequence[HeadTensors]) -> float:
+        err, energy, _ = error_terms(reference, outputs)
+        return float((err / (energy + self.eps)).mean(1).max())

@@ -1,0 +1,3 @@
+from .weight_pruner import PruningResult, RDWeightPruner
+
+__all__ = ['RDWeightPruner', 'PruningResult']

@@ -1,0 +1,127 @@
+"""Prune a trained MMDetection3D (or MMDetection) detector.
+
+Example::
+
+    python tools/prune.py \
+        configs/centerpoint/rd-weight_centerpoint_voxel01_second_secfpn_nus.py \
+        --checkpoint centerpoint.pth --work-dir work_dirs/centerpoint
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+
+from mmengine.config import DictAction
+from mmengine.logging import MMLogger
+
+import rdprune_mm
+from rdprune_mm.apis import (build_detector, default_device, load_config,
+                             save_pruned_checkpoint)
+from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.errors import PruningInputError
+from rdprune_mm.fileio import atomic_write, write_json
+from rdprune_mm.registry import PRUNERS
+from rdprune_mm.report import allocation_report
+
+OUTPUTS = ('pruned.pth', 'allocation.json', 'config.py')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='RD-prune a detector: measure per-layer distortion of '
+        'the head outputs, allocate pruning under a budget, apply masks.')
+    parser.add_argument('config', help='pruning config file')
+    parser.add_argument('--checkpoint', help='trained checkpoint to prune')
+    parser.add_argument(
+        '--work-dir',
+        help='output folder (default: work_dirs/<config name>)')
+    parser.add_argument(
+        '--device', default=None, help='cpu or cuda (default: cuda if '
+        'available)')
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace pruned.pth / allocation.json of an earlier run')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, e.g. pruner.budget=0.25')
+    return parser.parse_args(argv)
+
+
+def _work_dir(args: argparse.Namespace, cfg) -> str:
+    if args.work_dir:
+        return args.work_dir
+    if cfg.get('work_dir'):
+        return cfg.work_dir
+    return osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+
+def _check_outputs(work_dir: str, overwrite: bool) -> None:
+    existing = [f for f in OUTPUTS if osp.exists(osp.join(work_dir, f))]
+    if existing and not overwrite:
+        raise PruningInputError(
+            f'{work_dir} already holds {", ".join(existing)} from an earlier '
+            'run; pass --overwrite to replace them or choose another '
+            '--work-dir')
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = load_config(args.config, args.cfg_options)
+    work_dir = _work_dir(args, cfg)
+    _check_outputs(work_dir, args.overwrite)
+    os.makedirs(work_dir, exist_ok=True)
+    timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+    logger = MMLogger.get_instance(
+        f'rdprune_mm_{timestamp}',
+        logger_name='rdprune_mm',
+        log_file=osp.join(work_dir, f'prune_{timestamp}.log'))
+
+    pruner = PRUNERS.build(cfg.pruner)
+    seed = cfg.get('randomness', {}).get('seed') or 0
+    device = args.device or default_device()
+    model, meta = build_detector(cfg, args.checkpoint, device, seed)
+    if args.checkpoint is None:
+        logger.warning(
+            'no --checkpoint given: the weights are random (seed '
+            f'{seed}), so the allocation only demonstrates the method; '
+            'pass --checkpoint to prune a trained detector')
+    batches = calibration_batches(cfg, model, cfg.get('calibration', {}))
+    result = pruner.prune(
+        model, batches, cache_dir=osp.join(work_dir, 'curves'))
+
+    report = allocation_report(
+        result,
+        config=args.config,
+        checkpoint=args.checkpoint,
+        random_weights=args.checkpoint is None,
+        device=device,
+        rdprune_mm_version=rdprune_mm.__version__)
+    meta['rdprune_mm'] = dict(
+        version=rdprune_mm.__version__,
+        config=args.config,
+        budget=result.budget,
+        achieved=result.achieved_budget)
+    save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'), meta)
+    write_json(osp.join(work_dir, 'allocation.json'), report)
+    atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
+    logger.info(f'wrote {", ".join(OUTPUTS)} to {work_dir}')
+    return report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except PruningInputError as error:
+        print(f'prune.py: error: {error}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -58,6 +58,10 @@ def _dataloader_batches(cfg: Config, model: nn.Module,
         sampler=dict(type='DefaultSampler', shuffle=False))
     loader = Runner.build_dataloader(loader_cfg)
     num_samples = calibration.get('num_samples', 1)
+    if num_samples < 1:
+        raise PruningInputError(
+            f'calibration.num_samples={num_samples} makes the calibration '
+            'set empty; set it to 1 or more')
     batches = []
     for batch in loader:
         if len(batches) >= num_samples:

@@ -20,7 +20,10 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(path)}.')
+    fd, tmp = tempfile.mkstemp(
+        dir=folder,
+        prefix=f'.{osp.basename(path)}.',
+        suffix=osp.splitext(path)[1])
     os.close(fd)
     try:
         write(tmp)

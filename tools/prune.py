@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import os.path as osp
 import sys
@@ -27,6 +28,7 @@ from rdprune_mm.registry import PRUNERS
 from rdprune_mm.report import allocation_report
 
 OUTPUTS = ('pruned.pth', 'allocation.json', 'config.py')
+_RUNS = itertools.count()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,9 +79,19 @@ def run(args: argparse.Namespace) -> dict:
     os.makedirs(work_dir, exist_ok=True)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     logger = MMLogger.get_instance(
-        f'rdprune_mm_{timestamp}',
+        f'rdprune_mm_{timestamp}_{next(_RUNS)}',
         logger_name='rdprune_mm',
         log_file=osp.join(work_dir, f'prune_{timestamp}.log'))
+    try:
+        return _prune(args, cfg, work_dir, logger)
+    finally:
+        for handler in logger.handlers[:]:
+            handler.close()
+            logger.removeHandler(handler)
+
+
+def _prune(args: argparse.Namespace, cfg, work_dir: str,
+           logger: MMLogger) -> dict:
 
     pruner = PRUNERS.build(cfg.pruner)
     seed = cfg.get('randomness', {}).get('seed') or 0

@@ -10,7 +10,7 @@ import torch
 from mmengine.logging import MMLogger
 from torch import nn
 
-from ..allocator import InfeasibleBudgetError, allocate
+from ..allocator import Allocation, InfeasibleBudgetError, allocate
 from ..curves import CurveCache, empirical_curves
 from ..errors import PruningInputError
 from ..fileio import fingerprint
@@ -133,6 +133,21 @@ class RDWeightPruner:
         return fingerprint(
             (*model_tensors, *reference_tensors), extra=settings)
 
+    def _allocate(self, distortions: List[np.ndarray],
+                  costs: List[np.ndarray], total: int) -> Allocation:
+        try:
+            return allocate(
+                distortions,
+                costs,
+                self.budget * total,
+                min_keep=self.min_keep,
+                resolution=self.resolution)
+        except InfeasibleBudgetError as error:
+            raise PruningInputError(
+                f'budget {self.budget} is below {error.min_budget / total:.4f}'
+                f', the least that pruner.min_keep={self.min_keep} allows; '
+                'raise pruner.budget or lower pruner.min_keep') from None
+
     @torch.no_grad()
     def prune(self,
               model: nn.Module,
@@ -153,6 +168,12 @@ class RDWeightPruner:
             raise PruningInputError(
                 'the calibration set is empty; give at least one frame')
         targets = self.find_targets(model)
+        counts = [pruned_counts(t.num_params, self.sparsities)
+                  for t in targets]
+        costs = [t.num_params - c for t, c in zip(targets, counts)]
+        total = sum(t.num_params for t in targets)
+        self._allocate([np.zeros(len(c)) for c in costs], costs, total)
+
         head = HeadOutputs(model, self.head_modules)
         reference = [head(batch) for batch in batches]
 
@@ -166,7 +187,6 @@ class RDWeightPruner:
                 f'the unpruned model reproduces its own outputs only to a '
                 f'distortion of {unpruned:.3g}: its forward pass is not '
                 'deterministic, and curves below that level are noise')
-        total = sum(t.num_params for t in targets)
         logger.info(f'{len(targets)} prunable layers, {total:,} weights, '
                     f'{len(batches)} calibration frame(s), heads '
                     f'{head.head_names}')
@@ -175,19 +195,8 @@ class RDWeightPruner:
                            self._curve_key(model, targets, reference))
         curves = empirical_curves(targets, self.sparsities, measure, cache,
                                   unpruned)
-        counts = [pruned_counts(t.num_params, self.sparsities)
-                  for t in targets]
-        costs = [t.num_params - c for t, c in zip(targets, counts)]
-        try:
-            allocation = allocate([curves[t.name] for t in targets], costs,
-                                  self.budget * total,
-                                  min_keep=self.min_keep,
-                                  resolution=self.resolution)
-        except InfeasibleBudgetError as error:
-            raise PruningInputError(
-                f'budget {self.budget} is below {error.min_budget / total:.4f}'
-                f', the least that pruner.min_keep={self.min_keep} allows; '
-                'raise pruner.budget or lower pruner.min_keep') from None
+        allocation = self._allocate([curves[t.name] for t in targets],
+                                    costs, total)
 
         masks, layers = {}, []
         for target, level, count, cost in zip(targets, allocation.levels,

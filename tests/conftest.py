@@ -1,0 +1,18 @@
+import os.path as osp
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+LIDAR = osp.join(osp.dirname(REPO), 'shared', 'data', 'lidar')
+NUSCENES_FRAME = osp.join(
+    LIDAR, 'n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951'
+    '.pcd.bin')
+QUICK_CENTERPOINT = osp.join(
+    REPO, 'configs', 'centerpoint',
+    'rd-weight_centerpoint_voxel02-quick_nus.py')
+
+
+@pytest.fixture(autouse=True)
+def run_from_repo_root(monkeypatch):
+    """Configs name data paths relative to the repo root, as users run."""
+    monkeypatch.chdir(REPO)

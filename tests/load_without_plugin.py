@@ -1,0 +1,35 @@
+"""Load a pruned checkpoint with mmdet3d alone (no rdprune_mm) and save the
+detection head's raw outputs on one frame.
+
+Usage: python load_without_plugin.py CONFIG CHECKPOINT FRAME OUT
+"""
+import sys
+
+import torch
+from mmdet3d.apis import inference_detector, init_model
+from mmengine.config import Config
+
+config, checkpoint, frame, out = sys.argv[1:]
+cfg = Config.fromfile(config, import_custom_modules=False)
+cfg.pop('custom_imports', None)
+model = init_model(cfg, checkpoint, device='cpu')
+captured = {}
+
+
+def flatten(value, prefix):
+    if isinstance(value, torch.Tensor):
+        captured[prefix] = value.detach()
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            flatten(item, f'{prefix}.{key}')
+    elif isinstance(value, (list, tuple)):
+        for key, item in enumerate(value):
+            flatten(item, f'{prefix}.{key}')
+
+
+model.pts_bbox_head.register_forward_hook(
+    lambda module, args, output: flatten(output, 'pts_bbox_head'))
+inference_detector(model, frame)
+captured['rdprune mm imported'.replace(' mm', '_mm')] = (
+    'rdprune_mm' in sys.modules)
+torch.save(captured, out)

@@ -1,0 +1,161 @@
+"""tools/prune.py end to end on the reduced CenterPoint and the real
+nuScenes frame, and its one-line errors for bad input."""
+import importlib.util
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from conftest import NUSCENES_FRAME, QUICK_CENTERPOINT, REPO
+from rdprune_mm.apis import build_detector
+from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.head_outputs import HeadOutputs
+from rdprune_mm.targets import find_targets
+
+spec = importlib.util.spec_from_file_location(
+    'prune_tool', osp.join(REPO, 'tools', 'prune.py'))
+prune_tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prune_tool)
+
+# the sparse encoder's first stage, the neck (deconvs) and one task head
+INCLUDE = ('pruner.targets.include=[pts_middle_encoder.conv_input,'
+           'pts_middle_encoder.encoder_layers.encoder_layer1,pts_neck,'
+           'task_heads.0.]')
+FAST = ['pruner.num_levels=5', INCLUDE]
+
+
+@pytest.fixture(scope='module')
+def pruned_run(tmp_path_factory):
+    work_dir = str(tmp_path_factory.mktemp('prune'))
+    argv = [QUICK_CENTERPOINT, '--work-dir', work_dir, '--cfg-options',
+            'pruner.budget=0.4', *FAST]
+    assert prune_tool.main(argv) == 0
+    with open(osp.join(work_dir, 'allocation.json')) as f:
+        report = json.load(f)
+    return work_dir, report, argv
+
+
+def test_budget_met_and_report_consistent(pruned_run):
+    _, report, _ = pruned_run
+    layers = report['layers']
+    kinds = {layer['kind'] for layer in layers}
+    assert {'spconv', 'conv', 'deconv'} <= kinds
+    before = sum(layer['params_before'] for layer in layers)
+    after = sum(layer['params_after'] for layer in layers)
+    assert after <= 0.4 * before
+    assert report['budget']['achieved'] == pytest.approx(after / before)
+    assert report['totals']['params_after'] == after
+    assert report['totals']['unpruned_distortion'] == 0.0
+    assert report['totals']['predicted_distortion'] == pytest.approx(
+        sum(layer['predicted_distortion'] for layer in layers))
+    assert report['totals']['measured_distortion'] > 0
+    for layer in layers:
+        assert layer['sparsity'] == pytest.approx(
+            1 - layer['params_after'] / layer['params_before'])
+        assert layer['sparsity'] == pytest.approx(
+            report['levels'][layer['level']], abs=1 / layer['params_before'])
+
+
+def _head_outputs(model):
+    cfg = Config.fromfile(QUICK_CENTERPOINT)
+    batches = calibration_batches(cfg, model, dict(frames=[NUSCENES_FRAME]))
+    return HeadOutputs(model)(batches[0])
+
+
+def test_checkpoint_reloads_with_pruned_weights_and_equal_outputs(
+        pruned_run):
+    work_dir, report, _ = pruned_run
+    ckpt = osp.join(work_dir, 'pruned.pth')
+    cfg = Config.fromfile(QUICK_CENTERPOINT)
+    dense, _ = build_detector(cfg)
+    pruned, meta = build_detector(cfg, checkpoint=ckpt)
+    assert meta['rdprune_mm']['budget'] == 0.4
+    zeros = {t.name: int((t.weight == 0).sum()) for t in find_targets(pruned)}
+    for layer in report['layers']:
+        assert zeros[layer['name']] >= (layer['params_before'] -
+                                        layer['params_after'])
+    # the dense model (same seed) differs only where the masks pruned
+    for (name, a), (_, b) in zip(dense.state_dict().items(),
+                                 pruned.state_dict().items()):
+        changed = a != b
+        assert (b[changed] == 0).all(), name
+
+    with torch.no_grad():
+        reloaded = _head_outputs(pruned)
+    script = osp.join(REPO, 'tests', 'load_without_plugin.py')
+    out_file = osp.join(work_dir, 'outputs_without_plugin.pth')
+    env = dict(**__import__('os').environ, OMP_NUM_THREADS='1')
+    subprocess.run([
+        sys.executable, script, QUICK_CENTERPOINT, ckpt, NUSCENES_FRAME,
+        out_file
+    ], check=True, env=env, cwd=REPO)
+    without_plugin = torch.load(out_file)
+    assert without_plugin.pop('rdprune_mm imported') is False
+    assert sorted(without_plugin) == sorted(reloaded)
+    for name, tensor in reloaded.items():
+        torch.testing.assert_close(
+            without_plugin[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_existing_outputs_are_not_overwritten(pruned_run, capsys):
+    work_dir, _, argv = pruned_run
+    stamp = osp.getmtime(osp.join(work_dir, 'pruned.pth'))
+    assert prune_tool.main(argv) == 2
+    assert '--overwrite' in capsys.readouterr().err
+    assert osp.getmtime(osp.join(work_dir, 'pruned.pth')) == stamp
+
+
+def test_rerun_reuses_curve_cache(pruned_run, capsys):
+    work_dir, report, argv = pruned_run
+    assert prune_tool.main([*argv, '--overwrite']) == 0
+    log = capsys.readouterr().out
+    assert 'loaded from' in log and 'measuring' not in log
+    with open(osp.join(work_dir, 'allocation.json')) as f:
+        again = json.load(f)
+    assert again['layers'] == report['layers']
+
+
+def _error_of(argv, capsys):
+    assert prune_tool.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines()
+              if line.startswith('prune.py: error: ')]
+    assert len(errors) == 1 and 'Traceback' not in err
+    return errors[0]
+
+
+@pytest.mark.parametrize('options, expected', [
+    (['pruner.budget=0'], 'outside (0, 1]'),
+    (['pruner.budget=1.5'], 'outside (0, 1]'),
+    (['pruner.budget=0.1', 'pruner.min_keep=0.5'], 'least that'),
+    (['pruner.targets.include=[no_such_layer]'], 'select no prunable'),
+    (['calibration.num_samples=0'], 'calibration'),
+    (['calibration.dataset.ann_file=missing.pkl'], 'does not exist'),
+    (['calibration.frames=[missing.bin]'], 'not found'),
+])
+def test_bad_config_values(options, expected, tmp_path, capsys):
+    argv = [QUICK_CENTERPOINT, '--work-dir', str(tmp_path), '--cfg-options',
+            *FAST, *options]
+    assert expected in _error_of(argv, capsys)
+
+
+def test_missing_config(tmp_path, capsys):
+    assert 'does not exist' in _error_of([str(tmp_path / 'nope.py')], capsys)
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    argv = [QUICK_CENTERPOINT, '--checkpoint', str(tmp_path / 'nope.pth')]
+    assert 'does not exist' in _error_of(argv, capsys)
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, capsys):
+    ckpt = str(tmp_path / 'other.pth')
+    torch.save({'state_dict': torch.nn.Linear(2, 2).state_dict()}, ckpt)
+    argv = [QUICK_CENTERPOINT, '--checkpoint', ckpt, '--work-dir',
+            str(tmp_path)]
+    err = _error_of(argv, capsys)
+    assert 'does not fit' in err and 'missing keys' in err

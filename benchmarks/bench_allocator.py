@@ -1,20 +1,27 @@
-"""Time :func:`rdprune_mm.allocator.allocate` on large synthetic problems.
+"""Time :func:`rdprune_mm.allocator.allocate` against a Lagrangian baseline.
 
 Loads the allocator module from its file so that neither torch nor the
-package ``__init__`` is imported. Prints seconds per solve; asserts nothing.
+package ``__init__`` is imported. On every synthetic problem the dynamic
+program is compared, in the same run, with the equal-slope Lagrangian
+search (:func:`lagrangian_allocate`): seconds per solve, total distortion
+and total cost. Prints ratios; asserts nothing.
 
 Usage:
     python3 benchmarks/bench_allocator.py [--layers 200] [--levels 101]
+        [--resolution 10000] [--repeats 5] [--seed 0] [--iters 60]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import pathlib
 import sys
 import time
+from typing import Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 _PATH = pathlib.Path(__file__).parents[1] / 'rdprune_mm' / 'allocator.py'
 
@@ -28,8 +35,72 @@ def _load():
     return module
 
 
+def lagrangian_allocate(distortions: Sequence[ArrayLike],
+                        costs: Sequence[ArrayLike],
+                        budget: float,
+                        iters: int = 60,
+                        span: float = 1e15) -> tuple[np.ndarray, float, float]:
+    """Equal-slope baseline: bisect one multiplier shared by all layers.
+
+    For a multiplier ``lam`` every layer independently takes the level
+    ``argmin_k d[k] + lam * c[k]``. A larger ``lam`` favours cheaper levels,
+    so the total cost does not grow with ``lam``. ``lam`` is bisected on a
+    log scale between ``scale / span`` and ``scale * span``, with ``scale =
+    max|d| / max(c)``, and the feasible pick of least total distortion seen
+    is returned. Only levels on the lower convex hull of a layer's
+    (cost, distortion) curve can be picked, so the result can be worse than
+    the optimum of the multiple-choice knapsack.
+
+    Args:
+        distortions (Sequence[ArrayLike]): Per layer, the distortion of
+            every level. All layers must have the same number of levels.
+        costs (Sequence[ArrayLike]): Per layer, the remaining cost of every
+            level, same shape as ``distortions``.
+        budget (float): Largest allowed total remaining cost.
+        iters (int): Number of bisection steps. Defaults to 60.
+        span (float): Factor from ``scale`` to either end of the search
+            range of ``lam``. Defaults to 1e15.
+
+    Returns:
+        tuple[np.ndarray, float, float]: The chosen level of every layer,
+        the total distortion and the total cost.
+
+    Raises:
+        ValueError: If even the largest ``lam`` exceeds the budget.
+    """
+    dist = np.stack([np.asarray(d, dtype=np.float64) for d in distortions])
+    cost = np.stack([np.asarray(c, dtype=np.float64) for c in costs])
+    rows = np.arange(dist.shape[0])
+
+    def pick(lam: float) -> tuple[np.ndarray, float, float]:
+        levels = np.argmin(dist + lam * cost, axis=1)
+        return (levels, math.fsum(dist[rows, levels]),
+                math.fsum(cost[rows, levels]))
+
+    scale = (np.abs(dist).max() or 1.0) / (cost.max() or 1.0)
+    lo, hi = scale / span, scale * span
+    best = pick(hi)
+    if best[2] > budget:
+        raise ValueError(f'budget {budget!r} is below the cheapest '
+                         f'Lagrangian pick {best[2]!r}')
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        candidate = pick(mid)
+        if candidate[2] <= budget:
+            hi = mid
+            if candidate[1] < best[1]:
+                best = candidate
+        else:
+            lo = mid
+    return best
+
+
 def _problems(layers: int, levels: int, seed: int) -> dict:
-    """Return named ``(distortions, costs, budget)`` problems."""
+    """Return named ``(costs, distortions, budget)`` problems.
+
+    Level ``k`` keeps the share ``shares[k]`` (from 1 down to 0) of a layer
+    of ``n_l`` parameters, so its cost is ``n_l * shares[k]``.
+    """
     rng = np.random.default_rng(seed)
     shares = np.linspace(1.0, 0.0, levels)
     sizes = rng.integers(1_000, 100_000, size=layers)
@@ -38,18 +109,54 @@ def _problems(layers: int, levels: int, seed: int) -> dict:
         for _ in range(layers)
     ]
     equal = np.full(layers, 10_000)
-    return {
+    half = 0.5 * float(sizes.sum())
+    problems = {
         'float costs, 50% budget': ([shares * s for s in sizes], curves,
-                                    0.5 * float(sizes.sum())),
+                                    half),
         'integer costs, 50% budget':
-        ([np.round(shares * s) for s in sizes], curves,
-         0.5 * float(sizes.sum())),
+        ([np.round(shares * s) for s in sizes], curves, half),
         'every layer spans the budget': ([shares * s for s in equal], curves,
                                          float(equal[0])),
         'random tables, 50% budget':
         ([rng.random(levels) * s for s in sizes],
-         [rng.random(levels) for _ in range(layers)], 0.5 * sizes.sum()),
+         [rng.random(levels) for _ in range(layers)], half),
     }
+    # d = a * s**p in the pruned share s: convex for p >= 1.
+    pruned = 1.0 - shares
+    scales = rng.lognormal(0.0, 1.0, size=layers)
+    powers = rng.uniform(1.0, 4.0, size=layers)
+    power = [a * pruned**p for a, p in zip(scales, powers)]
+    # Increasing, but with heavy-tailed random steps: not convex.
+    jumpy = [
+        np.concatenate(([0.0], np.cumsum(rng.exponential(size=levels - 1)**3)))
+        * a for a in rng.lognormal(-4.0, 1.0, size=layers)
+    ]
+    kept = [shares * s for s in sizes]
+    total = float(sizes.sum())
+    problems.update({
+        'power curves, 50% budget': (kept, power, 0.5 * total),
+        'power curves, 30% budget': (kept, power, 0.3 * total),
+        'power curves, 80% budget': (kept, power, 0.8 * total),
+        'jumpy curves, 50% budget': (kept, jumpy, 0.5 * total),
+        'jumpy curves, 30% budget': (kept, jumpy, 0.3 * total),
+    })
+    return problems
+
+
+def _median_time(solve: Callable[[], object],
+                 repeats: int) -> tuple[float, object]:
+    """Return the median seconds of ``repeats`` calls and the last result."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = solve()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def _ratio(num: float, den: float) -> float:
+    """Return ``num / den``, or nan when ``den`` is 0."""
+    return num / den if den else math.nan
 
 
 def main() -> None:
@@ -59,21 +166,31 @@ def main() -> None:
     parser.add_argument('--resolution', type=int, default=10_000)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--iters', type=int, default=60, help='Lagrangian bisection steps')
     args = parser.parse_args()
     allocate = _load().allocate
-    print(f'{args.layers} layers x {args.levels} levels, resolution '
-          f'{args.resolution}, best and median of {args.repeats} solves')
+    print(f'{args.layers} layers x {args.levels} levels, DP resolution '
+          f'{args.resolution}, Lagrangian {args.iters} bisection steps, '
+          f'median of {args.repeats} solves')
+    print('time ratio = DP / Lagrangian seconds; distortion ratio = '
+          'Lagrangian / DP (>= 1: DP is better)')
+    print(f'{"problem":29s} {"DP s":>7s} {"Lag s":>7s} {"t ratio":>8s} '
+          f'{"DP dist":>10s} {"Lag dist":>10s} {"d ratio":>8s} '
+          f'{"DP c/B":>7s} {"Lag c/B":>7s}')
     problems = _problems(args.layers, args.levels, args.seed)
     for name, (costs, dists, budget) in problems.items():
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            result = allocate(
-                dists, costs, budget, resolution=args.resolution)
-            times.append(time.perf_counter() - start)
-        print(f'{name:30s} best {min(times):.4f} s  median '
-              f'{float(np.median(times)):.4f} s  '
-              f'cost/budget {result.cost / budget:.4f}')
+        dp_s, dp = _median_time(
+            lambda: allocate(
+                dists, costs, budget, resolution=args.resolution),
+            args.repeats)
+        lag_s, (_, lag_dist, lag_cost) = _median_time(
+            lambda: lagrangian_allocate(
+                dists, costs, budget, iters=args.iters), args.repeats)
+        print(f'{name:29s} {dp_s:7.4f} {lag_s:7.4f} '
+              f'{_ratio(dp_s, lag_s):8.2f} {dp.distortion:10.4g} '
+              f'{lag_dist:10.4g} {_ratio(lag_dist, dp.distortion):8.5f} '
+              f'{dp.cost / budget:7.4f} {lag_cost / budget:7.4f}')
 
 
 if __name__ == '__main__':

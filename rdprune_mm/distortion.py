@@ -34,13 +34,15 @@ def error_terms(
         if sorted(out) != names:
             raise ValueError('head outputs changed their names: '
                              f'{sorted(out)} != {names}')
-        err.append([((out[n].double() - ref[n].double())**2).sum()
-                    for n in names])
-        energy.append([(ref[n].double()**2).sum() for n in names])
-        count.append([float(ref[n].numel()) for n in names])
-    as_matrix = lambda rows: torch.tensor(  # noqa: E731
-        [[float(v) for v in row] for row in rows], dtype=torch.float64)
-    return as_matrix(err), as_matrix(energy), as_matrix(count)
+        err.append(torch.stack([
+            ((out[n].double() - ref[n].double())**2).sum() for n in names
+        ]).cpu())
+        energy.append(
+            torch.stack([(ref[n].double()**2).sum() for n in names]).cpu())
+        count.append(
+            torch.tensor([float(ref[n].numel()) for n in names],
+                         dtype=torch.float64))
+    return torch.stack(err), torch.stack(energy), torch.stack(count)
 
 
 @DISTORTIONS.register_module()

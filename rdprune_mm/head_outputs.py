@@ -17,8 +17,11 @@ from torch import nn
 from .errors import PruningInputError
 
 #: Head attributes tried in order when no ``head_modules`` are given.
-_DEFAULT_HEADS = (('pts_bbox_head', ), ('bbox_head', ), ('rpn_head',
-                                                         'roi_head'))
+_DEFAULT_HEADS = (
+    ('pts_bbox_head', ),
+    ('bbox_head', ),
+    ('rpn_head', 'roi_head'),
+)
 
 
 class _HeadsDone(Exception):

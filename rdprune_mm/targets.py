@@ -16,6 +16,7 @@ kind                                            weight layout       axis
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple, Type
 
@@ -25,7 +26,8 @@ from torch import nn
 from .errors import PruningInputError
 
 
-def _sparse_conv_classes() -> List[Tuple[Type[nn.Module], str, int]]:
+@lru_cache(maxsize=None)
+def _sparse_conv_classes() -> Tuple[Tuple[Type[nn.Module], str, int], ...]:
     classes = []
     try:
         from spconv.pytorch.conv import SparseConvolution
@@ -37,7 +39,7 @@ def _sparse_conv_classes() -> List[Tuple[Type[nn.Module], str, int]]:
         classes.append((MMCVSparseConv, 'mmcv_spconv', -1))
     except ImportError:
         pass
-    return classes
+    return tuple(classes)
 
 
 _DENSE_KINDS: Tuple[Tuple[Type[nn.Module], str, int], ...] = (

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os.path as osp
 
-import pytest
 import torch
 
 from conftest import REPO

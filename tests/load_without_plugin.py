@@ -30,6 +30,5 @@ def flatten(value, prefix):
 model.pts_bbox_head.register_forward_hook(
     lambda module, args, output: flatten(output, 'pts_bbox_head'))
 inference_detector(model, frame)
-captured['rdprune mm imported'.replace(' mm', '_mm')] = (
-    'rdprune_mm' in sys.modules)
+captured['rdprune_mm imported'] = 'rdprune_mm' in sys.modules
 torch.save(captured, out)

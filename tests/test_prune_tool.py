@@ -2,6 +2,7 @@
 nuScenes frame, and its one-line errors for bad input."""
 import importlib.util
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_checkpoint_reloads_with_pruned_weights_and_equal_outputs(
         reloaded = _head_outputs(pruned)
     script = osp.join(REPO, 'tests', 'load_without_plugin.py')
     out_file = osp.join(work_dir, 'outputs_without_plugin.pth')
-    env = dict(**__import__('os').environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
     subprocess.run([
         sys.executable, script, QUICK_CENTERPOINT, ckpt, NUSCENES_FRAME,
         out_file

@@ -40,6 +40,11 @@ def _check_ann_file(dataset_cfg: dict) -> None:
 
 def _dataloader_batches(cfg: Config, model: nn.Module,
                         calibration: dict) -> List[dict]:
+    num_samples = calibration.get('num_samples', 1)
+    if num_samples < 1:
+        raise PruningInputError(
+            f'calibration.num_samples={num_samples} makes the calibration '
+            'set empty; set it to 1 or more')
     key = calibration.get('dataloader', 'val_dataloader')
     if key not in cfg:
         raise PruningInputError(
@@ -57,11 +62,6 @@ def _dataloader_batches(cfg: Config, model: nn.Module,
         persistent_workers=False,
         sampler=dict(type='DefaultSampler', shuffle=False))
     loader = Runner.build_dataloader(loader_cfg)
-    num_samples = calibration.get('num_samples', 1)
-    if num_samples < 1:
-        raise PruningInputError(
-            f'calibration.num_samples={num_samples} makes the calibration '
-            'set empty; set it to 1 or more')
     batches = []
     for batch in loader:
         if len(batches) >= num_samples:

@@ -1,3 +1,4 @@
+import importlib.util
 import os.path as osp
 
 import pytest
@@ -16,3 +17,12 @@ QUICK_CENTERPOINT = osp.join(
 def run_from_repo_root(monkeypatch):
     """Configs name data paths relative to the repo root, as users run."""
     monkeypatch.chdir(REPO)
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

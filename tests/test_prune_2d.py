@@ -1,29 +1,20 @@
 """The same pruner on an mmdet 2D detector (RetinaNet R-18 from mmdet's
 shipped config), calibrated on a rendered real KITTI scene."""
-import importlib.util
 import json
 import os.path as osp
 
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_tool
 from rdprune_mm.apis import build_detector, load_config
 
 CONFIG = osp.join(REPO, 'configs', 'retinanet',
                   'rd-weight_retinanet_r18_fpn_coco.py')
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_retinanet_pruned_within_budget(tmp_path):
     image = str(tmp_path / 'scene.png')
-    assert _load_tool('render_lidar_image').main(['--out', image]) == 0
+    assert load_tool('render_lidar_image').main(['--out', image]) == 0
     work_dir = str(tmp_path / 'work')
     argv = [
         CONFIG, '--work-dir', work_dir, '--cfg-options',
@@ -32,7 +23,7 @@ def test_retinanet_pruned_within_budget(tmp_path):
         'pruner.targets.include=[backbone.layer4.1,neck.fpn_convs.3,'
         'bbox_head.retina_reg]'
     ]
-    assert _load_tool('prune').main(argv) == 0
+    assert load_tool('prune').main(argv) == 0
     with open(osp.join(work_dir, 'allocation.json')) as f:
         report = json.load(f)
     assert len(report['layers']) == 4

@@ -1,6 +1,5 @@
 """tools/prune.py end to end on the reduced CenterPoint and the real
 nuScenes frame, and its one-line errors for bad input."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,16 +10,13 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import NUSCENES_FRAME, QUICK_CENTERPOINT, REPO
+from conftest import NUSCENES_FRAME, QUICK_CENTERPOINT, REPO, load_tool
 from rdprune_mm.apis import build_detector
 from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.head_outputs import HeadOutputs
 from rdprune_mm.targets import find_targets
 
-spec = importlib.util.spec_from_file_location(
-    'prune_tool', osp.join(REPO, 'tools', 'prune.py'))
-prune_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prune_tool)
+prune_tool = load_tool('prune')
 
 # the sparse encoder's first stage, the neck (deconvs) and one task head
 INCLUDE = ('pruner.targets.include=[pts_middle_encoder.conv_input,'

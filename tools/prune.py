@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _prune(args: argparse.Namespace, cfg, work_dir: str,
            logger: MMLogger) -> dict:
-
     pruner = PRUNERS.build(cfg.pruner)
     seed = cfg.get('randomness', {}).get('seed') or 0
     device = args.device or default_device()

@@ -1,11 +1,14 @@
 """rdprune_mm: rate-distortion optimal pruning for MMDetection3D.
 
-Importing the package registers its pruners and distortion measures and
-makes spconv 2 exact and deterministic on CPU.
+Importing the package registers its pruners and distortion measures, makes
+spconv 2 exact and deterministic on CPU and gives mmcv's CUDA-only 3D ops
+CPU kernels.
 """
+from .cpu_ops import install_cpu_fallbacks
 from .spconv_cpu import patch_spconv_cpu
 
 patch_spconv_cpu()
+install_cpu_fallbacks()
 
 from . import distortion, pruners  # noqa: E402,F401
 from .allocator import Allocation, InfeasibleBudgetError, allocate  # noqa
@@ -18,5 +21,5 @@ __version__ = '0.1.0'
 __all__ = [
     'allocate', 'Allocation', 'InfeasibleBudgetError', 'PruningInputError',
     'RDWeightPruner', 'PruningResult', 'PRUNERS', 'DISTORTIONS',
-    'patch_spconv_cpu', '__version__'
+    'patch_spconv_cpu', 'install_cpu_fallbacks', '__version__'
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os.path as osp
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose, pseudo_collate
@@ -38,23 +38,46 @@ def _check_ann_file(dataset_cfg: dict) -> None:
             "calibration.frames=['<frame file>', ...]")
 
 
-def _dataloader_batches(cfg: Config, model: nn.Module,
-                        calibration: dict) -> List[dict]:
-    num_samples = calibration.get('num_samples', 1)
+def dataloader_batches(cfg: Config,
+                       dataloader: str = 'val_dataloader',
+                       dataset: Optional[dict] = None,
+                       num_samples: int = 1,
+                       skip_transforms: Sequence[str] = ()) -> List[dict]:
+    """The first samples of one of the config's dataloaders, one per batch.
+
+    Args:
+        cfg: The full config.
+        dataloader: Which dataloader, e.g. ``'train_dataloader'``.
+        dataset: Dataset fields to override (``data_root``, ``ann_file``,
+            ...). Dataset wrappers (CBGS, repeat) are dropped: samples come
+            from the wrapped dataset, in its order.
+        num_samples: How many samples to take, in order.
+        skip_transforms: Pipeline transform types to drop, e.g.
+            ``('ObjectSample', )`` where no ground-truth database exists.
+
+    Returns:
+        list[dict]: Collated batches as the dataloader yields them, before
+        the model's data preprocessor.
+    """
     if num_samples < 1:
         raise PruningInputError(
             f'calibration.num_samples={num_samples} makes the calibration '
             'set empty; set it to 1 or more')
-    key = calibration.get('dataloader', 'val_dataloader')
-    if key not in cfg:
+    if dataloader not in cfg:
         raise PruningInputError(
-            f'the config has no {key} to calibrate on; set '
+            f'the config has no {dataloader} to calibrate on; set '
             'calibration.dataloader or calibration.frames')
-    loader_cfg = copy.deepcopy(cfg[key])
+    loader_cfg = copy.deepcopy(cfg[dataloader])
     dataset_cfg = loader_cfg['dataset']
     while 'dataset' in dataset_cfg and 'pipeline' not in dataset_cfg:
         dataset_cfg = dataset_cfg['dataset']
-    dataset_cfg.update(calibration.get('dataset', {}))
+    dataset_cfg.update(dataset or {})
+    loader_cfg['dataset'] = dataset_cfg
+    if skip_transforms:
+        dataset_cfg['pipeline'] = [
+            t for t in dataset_cfg['pipeline']
+            if t['type'].split('.')[-1] not in skip_transforms
+        ]
     _check_ann_file(dataset_cfg)
     loader_cfg.update(
         batch_size=1,
@@ -67,7 +90,7 @@ def _dataloader_batches(cfg: Config, model: nn.Module,
         if len(batches) >= num_samples:
             break
         batches.append(batch)
-    return _preprocess(model, batches)
+    return batches
 
 
 def _frame_input(path: str, first_transform: str, cfg: Config) -> dict:
@@ -121,9 +144,15 @@ def calibration_batches(cfg: Config, model: nn.Module,
         PruningInputError: If the source is missing or yields no frame.
     """
     frames = calibration.get('frames')
-    batches = (
-        _frame_batches(cfg, model, frames) if frames else
-        _dataloader_batches(cfg, model, calibration))
+    if frames:
+        batches = _frame_batches(cfg, model, frames)
+    else:
+        batches = _preprocess(
+            model,
+            dataloader_batches(
+                cfg, calibration.get('dataloader', 'val_dataloader'),
+                calibration.get('dataset'), calibration.get('num_samples', 1),
+                calibration.get('skip_transforms', ())))
     if not batches:
         raise PruningInputError(
             'the calibration set is empty; give calibration.frames or a '

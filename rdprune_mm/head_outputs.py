@@ -6,10 +6,19 @@ rot, vel; anchor heads: cls, bbox, dir). :class:`HeadOutputs` hooks the head
 modules, runs the detector's ``predict`` on a preprocessed batch and stops
 the forward pass as soon as the last head has returned, so decoding and NMS
 never run.
+
+Two-stage detectors (PV-RCNN, Part-A2, Faster R-CNN) decode and NMS their RPN
+outputs into proposals before the RoI head runs. A pruned RPN would change
+the proposals, and the RoI head's outputs would no longer line up with the
+reference ones. :class:`HeadOutputs` therefore records each batch's proposals
+on its first pass and hands the same proposals to the RoI head on every later
+pass, so the RoI head's distortion is measured on the reference proposals.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import copy
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,11 +26,9 @@ from torch import nn
 from .errors import PruningInputError
 
 #: Head attributes tried in order when no ``head_modules`` are given.
-_DEFAULT_HEADS = (
-    ('pts_bbox_head', ),
-    ('bbox_head', ),
-    ('rpn_head', 'roi_head'),
-)
+_SINGLE_STAGE_HEADS = ('pts_bbox_head', 'bbox_head')
+#: Heads of a two-stage ``roi_head`` whose ``forward`` runs in predict.
+_ROI_SUBHEADS = ('semantic_head', 'bbox_head', 'mask_head')
 
 
 class _HeadsDone(Exception):
@@ -29,10 +36,24 @@ class _HeadsDone(Exception):
 
 
 def default_head_names(model: nn.Module) -> List[str]:
-    """The detection head module names of an mmdet3d or mmdet detector."""
-    for names in _DEFAULT_HEADS:
-        if all(getattr(model, name, None) is not None for name in names):
-            return list(names)
+    """The detection head module names of an mmdet3d or mmdet detector.
+
+    Single-stage: ``pts_bbox_head`` or ``bbox_head``. Two-stage: ``rpn_head``
+    and the sub-heads of ``roi_head`` (its own ``forward`` never runs in
+    predict).
+    """
+    for name in _SINGLE_STAGE_HEADS:
+        if getattr(model, name, None) is not None:
+            return [name]
+    rpn_head = getattr(model, 'rpn_head', None)
+    roi_head = getattr(model, 'roi_head', None)
+    if rpn_head is not None and roi_head is not None:
+        subheads = [
+            f'roi_head.{name}' for name in _ROI_SUBHEADS
+            if getattr(roi_head, name, None) is not None
+        ]
+        if subheads:
+            return ['rpn_head', *subheads]
     raise PruningInputError(
         f'cannot tell the detection head of {type(model).__name__}; set '
         "pruner.head_modules=['<module name>', ...] in the config")
@@ -70,7 +91,7 @@ class HeadOutputs:
         model: An mmdet3d or mmdet detector.
         head_modules: Names of the head modules whose outputs count. None
             picks ``pts_bbox_head``, else ``bbox_head``, else ``rpn_head``
-            and ``roi_head``.
+            and the sub-heads of ``roi_head``.
     """
 
     def __init__(self,
@@ -85,6 +106,38 @@ class HeadOutputs:
                 f'head module(s) {missing} not found in '
                 f'{type(model).__name__}; fix pruner.head_modules')
         self.heads = [modules[name] for name in self.head_names]
+        rpn_head = getattr(model, 'rpn_head', None)
+        self._replays_proposals = (
+            rpn_head is not None and hasattr(rpn_head, 'predict_by_feat')
+            and any(name != 'rpn_head' for name in self.head_names))
+        # id(batch) -> (batch, proposals); the batch is kept so that its id
+        # cannot be reused by another object.
+        self._proposals: Dict[int, tuple] = {}
+
+    @contextmanager
+    def _fixed_proposals(self, batch: dict) -> Iterator[None]:
+        """Record the RPN's proposals for ``batch`` on its first pass; on
+        every later pass the RPN still runs its ``forward`` but hands the RoI
+        head copies of the recorded proposals instead of decoding its own."""
+        if not self._replays_proposals:
+            yield
+            return
+        rpn_head = self.model.rpn_head
+        decode = rpn_head.predict_by_feat
+        recorded = self._proposals.get(id(batch))
+
+        def predict_by_feat(*args, **kwargs):
+            if recorded is not None:
+                return copy.deepcopy(recorded[1])
+            proposals = decode(*args, **kwargs)
+            self._proposals[id(batch)] = (batch, copy.deepcopy(proposals))
+            return proposals
+
+        rpn_head.predict_by_feat = predict_by_feat
+        try:
+            yield
+        finally:
+            del rpn_head.predict_by_feat
 
     def __call__(self, batch: dict) -> Dict[str, torch.Tensor]:
         """Run one preprocessed batch and return the heads' tensors.
@@ -112,7 +165,8 @@ class HeadOutputs:
             for name, head in zip(self.head_names, self.heads)
         ]
         try:
-            self.model(**batch, mode='predict')
+            with self._fixed_proposals(batch):
+                self.model(**batch, mode='predict')
         except _HeadsDone:
             pass
         finally:

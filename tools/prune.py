@@ -21,6 +21,7 @@ from mmengine.logging import MMLogger
 import rdprune_mm
 from rdprune_mm.apis import (build_detector, default_device, load_config,
                              save_pruned_checkpoint)
+from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.fileio import atomic_write, write_json
@@ -96,12 +97,14 @@ def _prune(args: argparse.Namespace, cfg, work_dir: str,
     seed = cfg.get('randomness', {}).get('seed') or 0
     device = args.device or default_device()
     model, meta = build_detector(cfg, args.checkpoint, device, seed)
+    batches = calibration_batches(cfg, model, cfg.get('calibration', {}))
     if args.checkpoint is None:
+        count = recalibrate_batchnorm(model, batches)
         logger.warning(
             'no --checkpoint given: the weights are random (seed '
-            f'{seed}), so the allocation only demonstrates the method; '
+            f'{seed}; {count} BatchNorm layers set from the calibration '
+            'frames), so the allocation only demonstrates the method; '
             'pass --checkpoint to prune a trained detector')
-    batches = calibration_batches(cfg, model, cfg.get('calibration', {}))
     result = pruner.prune(
         model, batches, cache_dir=osp.join(work_dir, 'curves'))
 

@@ -161,7 +161,7 @@ def _compare_nms(boxes, scores, repeats: int) -> None:
     print(f'boxes kept by one kernel only: {len(differ)}' + (
         ' (random weights decode degenerate boxes, up to 1e7 m long, on '
         "which mmcv's float32 IoU breaks down; see rdprune_mm/cpu_ops/"
-        'boxes.py)' if differ else ''))
+        'nms_rotated.py)' if differ else ''))
 
 
 def main() -> None:

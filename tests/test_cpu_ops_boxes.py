@@ -1,6 +1,7 @@
-"""CPU kernels of mmcv's rotated-box ops (``rdprune_mm.cpu_ops.boxes``)
-through mmcv's public API: against mmcv's own CPU kernels where they exist,
-else against the CUDA kernels' arithmetic written out in Python."""
+"""CPU kernels of mmcv's rotated-box ops (``rdprune_mm.cpu_ops.iou3d``,
+``nms_rotated`` and ``points_in_boxes``) through mmcv's public API: against
+mmcv's own CPU kernels where they exist, else against the CUDA kernels'
+arithmetic written out in Python."""
 import importlib
 import math
 import time
@@ -432,7 +433,7 @@ def test_nms_rotated_degenerate_inputs():
 def test_hull_sort_orders_points_by_angle(num):
     # Up to 17 points take libstdc++'s insertion sort, more its quicksort
     # steps; with distinct angles any correct sort gives this order.
-    from rdprune_mm.cpu_ops.boxes import _stl_sort
+    from rdprune_mm.cpu_ops.nms_rotated import _stl_sort
     gen = torch.Generator().manual_seed(num)
     angle = torch.rand(num, generator=gen) * math.pi
     radius = torch.rand(num, generator=gen) + 0.5

@@ -5,7 +5,9 @@ mmdet3d's LiDAR detectors run predict, loss and backward on CPU tensors and
 KittiMetric evaluates without a CUDA driver. CUDA tensors still reach mmcv's
 CUDA kernels unchanged.
 """
-from . import boxes, kitti_eval, points, voxels  # noqa: F401 (registers)
+# Importing a kernel module registers its kernels and overrides.
+from . import (grouping, iou3d, kitti_eval, neighbours,  # noqa: F401
+               nms_rotated, points_in_boxes, sampling, voxels)
 from .dispatch import install_dispatch
 from .registry import CPU_KERNELS, CPU_OVERRIDES
 

@@ -10,9 +10,10 @@ from .spconv_cpu import patch_spconv_cpu
 patch_spconv_cpu()
 install_cpu_fallbacks()
 
-from . import distortion, pruners  # noqa: E402,F401
+from . import distortion, hooks, pruners  # noqa: E402,F401
 from .allocator import Allocation, InfeasibleBudgetError, allocate  # noqa
 from .errors import PruningInputError  # noqa: E402
+from .hooks import RDPruneHook  # noqa: E402
 from .pruners import PruningResult, RDWeightPruner  # noqa: E402
 from .registry import DISTORTIONS, PRUNERS  # noqa: E402
 
@@ -20,6 +21,6 @@ __version__ = '0.1.0'
 
 __all__ = [
     'allocate', 'Allocation', 'InfeasibleBudgetError', 'PruningInputError',
-    'RDWeightPruner', 'PruningResult', 'PRUNERS', 'DISTORTIONS',
+    'RDWeightPruner', 'PruningResult', 'RDPruneHook', 'PRUNERS', 'DISTORTIONS',
     'patch_spconv_cpu', 'install_cpu_fallbacks', '__version__'
 ]

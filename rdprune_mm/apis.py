@@ -7,8 +7,9 @@ from typing import Optional, Tuple
 import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import load_checkpoint, set_random_seed
-from mmengine.runner.checkpoint import (_load_checkpoint, save_checkpoint,
+from mmengine.runner import set_random_seed
+from mmengine.runner.checkpoint import (_load_checkpoint_to_model,
+                                        save_checkpoint,
                                         weights_to_cpu)
 from torch import nn
 
@@ -16,7 +17,9 @@ from .errors import PruningInputError
 from .fileio import atomic_write
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+def load_config(path: str,
+                cfg_options: Optional[dict] = None,
+                require_pruner: bool = True) -> Config:
     """Read an OpenMMLab config, with ``--cfg-options`` merged in."""
     if not osp.isfile(path):
         raise PruningInputError(
@@ -26,15 +29,25 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    if 'pruner' not in cfg:
+    if require_pruner and 'pruner' not in cfg:
         raise PruningInputError(
             f'config {path} has no pruner; add '
             "_base_ = ['<configs>/_base_/rd_weight_pruning.py'] to it")
     return cfg
 
 
-def _fit_message(model: nn.Module, path: str) -> str:
-    state = _load_checkpoint(path, map_location='cpu')
+def read_checkpoint(path: str) -> dict:
+    """Load a checkpoint file onto the CPU.
+
+    Checkpoints that mmengine's Runner saves hold its message hub (pickled
+    objects), which torch >= 2.6 refuses to load with its default
+    ``weights_only=True``; like mmengine before torch 2.6, this loads the
+    whole file. Only load checkpoints you trust.
+    """
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def _fit_message(model: nn.Module, state: dict) -> str:
     state = state.get('state_dict', state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -78,14 +91,16 @@ def build_detector(cfg: Config,
                 f'checkpoint {checkpoint} does not exist; fix --checkpoint '
                 'or leave it out to prune random weights')
         try:
-            loaded = load_checkpoint(
-                model, checkpoint, map_location='cpu', strict=True,
-                logger='silent')
-        except Exception as error:  # torch.load and strict loading errors
-            try:
-                reason = _fit_message(model, checkpoint)
-            except Exception:
-                reason = f'{type(error).__name__}: {str(error)[:200]}'
+            loaded = read_checkpoint(checkpoint)
+        except Exception as error:  # not a torch file, truncated, ...
+            raise PruningInputError(
+                f'checkpoint {checkpoint} cannot be read '
+                f'({type(error).__name__}: {str(error)[:200]}); give a '
+                'checkpoint saved by mmengine or torch.save') from None
+        try:
+            _load_checkpoint_to_model(model, loaded, strict=True)
+        except Exception:  # strict loading: missing / unexpected / shapes
+            reason = _fit_message(model, loaded)
             raise PruningInputError(
                 f'checkpoint {checkpoint} does not fit the model of the '
                 f'config ({reason}); give a checkpoint trained with this '

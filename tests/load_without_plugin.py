@@ -27,8 +27,9 @@ def flatten(value, prefix):
             flatten(item, f'{prefix}.{key}')
 
 
-model.pts_bbox_head.register_forward_hook(
-    lambda module, args, output: flatten(output, 'pts_bbox_head'))
+head_name = 'pts_bbox_head' if hasattr(model, 'pts_bbox_head') else 'bbox_head'
+getattr(model, head_name).register_forward_hook(
+    lambda module, args, output: flatten(output, head_name))
 inference_detector(model, frame)
 captured['rdprune_mm imported'] = 'rdprune_mm' in sys.modules
 torch.save(captured, out)

@@ -24,6 +24,7 @@ from rdprune_mm.apis import (build_detector, default_device, load_config,
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.errors import PruningInputError
+from rdprune_mm.finetune import finetune_config
 from rdprune_mm.fileio import atomic_write, write_json
 from rdprune_mm.registry import PRUNERS
 from rdprune_mm.report import allocation_report
@@ -49,6 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help='replace pruned.pth / allocation.json of an earlier run')
     parser.add_argument(
+        '--finetune',
+        action='store_true',
+        help="prune and fine-tune with mmengine's Runner (RDPruneHook): the "
+        "config's train_dataloader, optim_wrapper and train_cfg are used")
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        help='with --finetune: resume the latest checkpoint in the work dir '
+        '(masks restored, nothing calibrated again)')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -73,7 +84,27 @@ def _check_outputs(work_dir: str, overwrite: bool) -> None:
             '--work-dir')
 
 
+def finetune(args: argparse.Namespace) -> None:
+    """Prune and fine-tune through mmengine's Runner."""
+    from mmengine.runner import Runner
+    cfg = load_config(args.config, args.cfg_options, require_pruner=False)
+    work_dir = _work_dir(args, cfg)
+    if (osp.exists(osp.join(work_dir, 'last_checkpoint'))
+            and not (args.resume or args.overwrite)):
+        raise PruningInputError(
+            f'{work_dir} holds checkpoints of an earlier run; pass --resume '
+            'to continue it, --overwrite to start again, or another '
+            '--work-dir')
+    cfg = finetune_config(cfg, work_dir, args.checkpoint, args.resume)
+    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
+        raise PruningInputError(
+            f'checkpoint {args.checkpoint} does not exist; fix --checkpoint')
+    Runner.from_cfg(cfg).train()
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.resume and not args.finetune:
+        raise PruningInputError('--resume needs --finetune')
     cfg = load_config(args.config, args.cfg_options)
     work_dir = _work_dir(args, cfg)
     _check_outputs(work_dir, args.overwrite)
@@ -130,7 +161,10 @@ def _prune(args: argparse.Namespace, cfg, work_dir: str,
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        run(args)
+        if args.finetune:
+            finetune(args)
+        else:
+            run(args)
     except PruningInputError as error:
         print(f'prune.py: error: {error}', file=sys.stderr)
         return 2

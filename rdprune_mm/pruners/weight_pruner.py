@@ -152,13 +152,19 @@ class RDWeightPruner:
     def prune(self,
               model: nn.Module,
               batches: Sequence[dict],
-              cache_dir: Optional[str] = None) -> PruningResult:
+              cache_dir: Optional[str] = None,
+              keep_within: Optional[Dict[str, torch.Tensor]] = None
+              ) -> PruningResult:
         """Allocate and apply weight masks to ``model`` in place.
 
         Args:
             model: The detector, in eval mode, on its device.
             batches: Preprocessed calibration batches.
             cache_dir: Folder of the curve cache (None: no cache).
+            keep_within: Masks of an earlier round. The new masks only add
+                pruning to them: a weight pruned before stays pruned, and a
+                layer's cost at each level counts only the weights both
+                masks keep.
 
         Returns:
             PruningResult: The allocation, masks and distortions.
@@ -171,6 +177,11 @@ class RDWeightPruner:
         counts = [pruned_counts(t.num_params, self.sparsities)
                   for t in targets]
         costs = [t.num_params - c for t, c in zip(targets, counts)]
+        earlier = keep_within or {}
+        for i, target in enumerate(targets):
+            if target.name in earlier:
+                kept_before = int(earlier[target.name].sum())
+                costs[i] = np.minimum(costs[i], kept_before)
         total = sum(t.num_params for t in targets)
         self._allocate([np.zeros(len(c)) for c in costs], costs, total)
 
@@ -201,17 +212,20 @@ class RDWeightPruner:
         masks, layers = {}, []
         for target, level, count, cost in zip(targets, allocation.levels,
                                               counts, costs):
-            masks[target.name] = mask_from_order(
+            mask = mask_from_order(
                 magnitude_order(target.weight), target.weight.shape,
                 int(count[level]))
+            if target.name in earlier:
+                mask &= earlier[target.name].to(mask.device)
+            masks[target.name] = mask
             layers.append(
                 LayerAllocation(
                     name=target.name,
                     kind=target.kind,
                     level=int(level),
-                    sparsity=float(count[level] / target.num_params),
+                    sparsity=1 - int(mask.sum()) / target.num_params,
                     params_before=target.num_params,
-                    params_after=int(cost[level]),
+                    params_after=int(mask.sum()),
                     predicted_distortion=float(curves[target.name][level])))
         apply_masks({t.name: t.module for t in targets}, masks)
         result = PruningResult(

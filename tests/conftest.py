@@ -1,7 +1,11 @@
 import importlib.util
+import os
 import os.path as osp
+import subprocess
+import sys
 
 import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LIDAR = osp.join(osp.dirname(REPO), 'shared', 'data', 'lidar')
@@ -31,3 +35,25 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_same_outputs_without_plugin(config, checkpoint, frame, outputs,
+                                       out_file):
+    """Load ``checkpoint`` with mmdet3d alone (a subprocess that never
+    imports rdprune_mm) and check its head outputs on ``frame`` against
+    ``outputs``."""
+    subprocess.run([
+        sys.executable,
+        osp.join(REPO, 'tests', 'load_without_plugin.py'), config,
+        checkpoint, frame, out_file
+    ], check=True, cwd=REPO, env=dict(
+        os.environ, OMP_NUM_THREADS='1',
+        # Runner checkpoints pickle their message hub; mmengine 0.10.7 calls
+        # torch.load with torch 2.13's weights_only=True default
+        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'))
+    without_plugin = torch.load(out_file)
+    assert without_plugin.pop('rdprune_mm imported') is False
+    assert sorted(without_plugin) == sorted(outputs)
+    for name, tensor in outputs.items():
+        torch.testing.assert_close(
+            without_plugin[name], tensor, rtol=1e-4, atol=1e-5)

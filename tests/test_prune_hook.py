@@ -1,10 +1,7 @@
 """RDPruneHook in mmengine training: masks held at every step (gradient
 accumulation, momentum, weight decay, EMA), checkpoints, resume, load_from,
 iterative rounds, and a checkpoint that loads without the plugin."""
-import os
 import os.path as osp
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +10,8 @@ from mmengine.config import Config
 from mmengine.hooks import EMAHook, Hook
 from mmengine.runner import Runner
 
-from conftest import LIDAR, REPO, load_tool
+from conftest import (LIDAR, REPO, assert_same_outputs_without_plugin,
+                      load_tool)
 from rdprune_mm.apis import build_detector
 from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.head_outputs import HeadOutputs
@@ -173,22 +171,9 @@ def test_final_checkpoint_loads_without_plugin(finetuned):
     batch = calibration_batches(cfg, model, dict(frames=[FRAME]))[0]
     with torch.no_grad():
         with_plugin = HeadOutputs(model)(batch)
-    out_file = osp.join(work_dir, 'outputs_without_plugin.pth')
-    subprocess.run([
-        sys.executable,
-        osp.join(REPO, 'tests', 'load_without_plugin.py'), detector, ckpt,
-        FRAME, out_file
-    ], check=True, cwd=REPO, env=dict(
-        os.environ, OMP_NUM_THREADS='1',
-        # a Runner checkpoint pickles its message hub; mmengine 0.10.7 calls
-        # torch.load with torch 2.13's weights_only=True default
-        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'))
-    without_plugin = torch.load(out_file)
-    assert without_plugin.pop('rdprune_mm imported') is False
-    assert sorted(without_plugin) == sorted(with_plugin)
-    for name, tensor in with_plugin.items():
-        torch.testing.assert_close(
-            without_plugin[name], tensor, rtol=1e-4, atol=1e-5)
+    assert_same_outputs_without_plugin(
+        detector, ckpt, FRAME, with_plugin,
+        osp.join(work_dir, 'outputs_without_plugin.pth'))
 
 
 def test_prune_tool_finetune_and_resume(tmp_path, monkeypatch):

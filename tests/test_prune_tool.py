@@ -1,16 +1,14 @@
 """tools/prune.py end to end on the reduced CenterPoint and the real
 nuScenes frame, and its one-line errors for bad input."""
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import NUSCENES_FRAME, QUICK_CENTERPOINT, REPO, load_tool
+from conftest import (NUSCENES_FRAME, QUICK_CENTERPOINT,
+                      assert_same_outputs_without_plugin, load_tool)
 from rdprune_mm.apis import build_detector
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
@@ -87,19 +85,9 @@ def test_checkpoint_reloads_with_pruned_weights_and_equal_outputs(
 
     with torch.no_grad():
         reloaded = _head_outputs(pruned)
-    script = osp.join(REPO, 'tests', 'load_without_plugin.py')
-    out_file = osp.join(work_dir, 'outputs_without_plugin.pth')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    subprocess.run([
-        sys.executable, script, QUICK_CENTERPOINT, ckpt, NUSCENES_FRAME,
-        out_file
-    ], check=True, env=env, cwd=REPO)
-    without_plugin = torch.load(out_file)
-    assert without_plugin.pop('rdprune_mm imported') is False
-    assert sorted(without_plugin) == sorted(reloaded)
-    for name, tensor in reloaded.items():
-        torch.testing.assert_close(
-            without_plugin[name], tensor, rtol=1e-4, atol=1e-5)
+    assert_same_outputs_without_plugin(
+        QUICK_CENTERPOINT, ckpt, NUSCENES_FRAME, reloaded,
+        osp.join(work_dir, 'outputs_without_plugin.pth'))
 
 
 def test_existing_outputs_are_not_overwritten(pruned_run, capsys):

@@ -26,10 +26,12 @@ from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.finetune import finetune_config
 from rdprune_mm.fileio import atomic_write, write_json
+from rdprune_mm.plots import write_plots
 from rdprune_mm.registry import PRUNERS
 from rdprune_mm.report import allocation_report
 
-OUTPUTS = ('pruned.pth', 'allocation.json', 'config.py')
+OUTPUTS = ('pruned.pth', 'allocation.json', 'config.py', 'curves.png',
+           'allocation.png')
 _RUNS = itertools.count()
 
 
@@ -154,6 +156,7 @@ def _prune(args: argparse.Namespace, cfg, work_dir: str,
     save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'), meta)
     write_json(osp.join(work_dir, 'allocation.json'), report)
     atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
+    write_plots(report, result.curves, work_dir)
     logger.info(f'wrote {", ".join(OUTPUTS)} to {work_dir}')
     return report
 

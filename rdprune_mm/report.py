@@ -6,6 +6,11 @@ from typing import Any, Dict
 
 from .pruners.weight_pruner import PruningResult
 
+_UNIT_DESCRIPTIONS = dict(
+    params='share of the prunable layers\' weights kept',
+    flops='share of the prunable layers\' FLOPs (2 x multiply-accumulates '
+    'of their weights, measured on the calibration frames) kept')
+
 
 def allocation_report(result: PruningResult, **context: Any
                       ) -> Dict[str, Any]:
@@ -16,17 +21,24 @@ def allocation_report(result: PruningResult, **context: Any
         **context: Extra top-level fields (config, checkpoint, ...).
 
     Returns:
-        dict: Budget asked and achieved, totals, and one entry per layer.
+        dict: Budget asked and achieved in its unit (``params`` or
+        ``flops``), totals and one entry per layer, both with parameters and
+        FLOPs before and after pruning.
     """
     return dict(
         **context,
         budget=dict(
-            unit='share of the prunable layers\' weights kept',
+            unit=result.budget_by,
+            description=_UNIT_DESCRIPTIONS[result.budget_by],
             asked=result.budget,
             achieved=result.achieved_budget),
         totals=dict(
             params_before=result.params_before,
             params_after=result.params_after,
+            params_kept=result.params_kept,
+            flops_before=result.flops_before,
+            flops_after=result.flops_after,
+            flops_kept=result.flops_kept,
             predicted_distortion=result.predicted_distortion,
             measured_distortion=result.measured_distortion,
             additivity_ratio=result.additivity_ratio,

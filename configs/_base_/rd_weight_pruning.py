@@ -4,8 +4,11 @@ custom_imports = dict(imports=['rdprune_mm'], allow_failed_imports=False)
 
 pruner = dict(
     type='RDWeightPruner',
-    # share of the prunable layers' weights to keep, in (0, 1]
+    # share of the prunable layers' weights (or FLOPs) to keep, in (0, 1]
     budget=0.5,
+    # 'params' or 'flops' (measured on the calibration frames; sparse convs
+    # from spconv's active input-output pairs)
+    budget_by='params',
     # pruned shares 0, 1/20, ..., 1 of every layer's curve
     num_levels=21,
     # regular expressions over module names (re.search); None: all layers

@@ -28,7 +28,7 @@ from rdprune_mm.additivity import analyze_additivity, summarize
 from rdprune_mm.apis import build_detector, default_device, load_config
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
-from rdprune_mm.errors import PruningInputError
+from rdprune_mm.errors import PruningInputError, run_tool
 from rdprune_mm.fileio import atomic_write, write_json
 from rdprune_mm.head_outputs import HeadOutputs
 from rdprune_mm.masks import pruned_counts
@@ -162,12 +162,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except PruningInputError as error:
-        print(f'analyze_additivity.py: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_tool('analyze_additivity.py', lambda: run(args))
 
 
 if __name__ == '__main__':

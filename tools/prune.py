@@ -23,7 +23,7 @@ from rdprune_mm.apis import (build_detector, default_device, load_config,
                              save_pruned_checkpoint)
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
-from rdprune_mm.errors import PruningInputError
+from rdprune_mm.errors import PruningInputError, run_tool
 from rdprune_mm.finetune import finetune_config
 from rdprune_mm.fileio import atomic_write, write_json
 from rdprune_mm.plots import write_plots
@@ -163,15 +163,8 @@ def _prune(args: argparse.Namespace, cfg, work_dir: str,
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.finetune:
-            finetune(args)
-        else:
-            run(args)
-    except PruningInputError as error:
-        print(f'prune.py: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_tool('prune.py',
+                    lambda: finetune(args) if args.finetune else run(args))
 
 
 if __name__ == '__main__':

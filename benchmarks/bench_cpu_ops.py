@@ -32,6 +32,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import set_random_seed
 from rdprune_mm.calibration import dataloader_batches
 from rdprune_mm.cpu_ops import CPU_KERNELS, CPU_OVERRIDES
+from rdprune_mm.cpu_ops.dispatch import _replace_references
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 KITTI_FRAME = dict(
@@ -121,15 +122,11 @@ def _rpn_boxes(model, data) -> torch.Tensor:
     def record(dets, scores, iou_threshold, labels=None, clockwise=True):
         captured.setdefault('boxes', (dets.clone(), scores.clone()))
         return original(dets, scores, iou_threshold, labels, clockwise)
-    for module in list(sys.modules.values()):
-        if getattr(module, 'nms_rotated', None) is original:
-            module.nms_rotated = record
+    _replace_references(original, record)
     try:
         _train_step(model, data, torch.optim.SGD(model.parameters(), lr=0))
     finally:
-        for module in list(sys.modules.values()):
-            if getattr(module, 'nms_rotated', None) is record:
-                module.nms_rotated = original
+        _replace_references(record, original)
     return captured.get('boxes')
 
 

@@ -45,6 +45,11 @@ def mask_from_order(order: torch.Tensor, shape: torch.Size,
 @torch.no_grad()
 def apply_masks(modules: Dict[str, torch.nn.Module],
                 masks: Dict[str, torch.Tensor]) -> None:
-    """Set the pruned weights of every masked module to exactly zero."""
+    """Set the pruned weights of every masked module to exactly zero.
+
+    Masks may live on another device than the weights (e.g. restored from a
+    checkpoint on the CPU).
+    """
     for name, mask in masks.items():
-        modules[name].weight.masked_fill_(~mask, 0.0)
+        weight = modules[name].weight
+        weight.masked_fill_(~mask.to(weight.device), 0.0)

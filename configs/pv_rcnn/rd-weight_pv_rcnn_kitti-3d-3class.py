@@ -2,19 +2,9 @@
 # convs, the set-abstraction MLPs, the BEV backbone and neck, the RPN head
 # and the RoI head. Distortion covers the RPN head's outputs and the RoI
 # head's (semantic and box heads, measured on the reference proposals).
-# Calibrates on the real KITTI frame in ../shared/data/lidar; point
-# calibration.dataset at your KITTI infos to calibrate on more frames.
 _base_ = [
     'mmdet3d::pv_rcnn/pv_rcnn_8xb2-80e_kitti-3d-3class.py',
-    '../_base_/rd_weight_pruning.py'
+    '../_base_/rd_weight_pruning_kitti_frame.py'
 ]
-
-calibration = dict(
-    dataloader='val_dataloader',
-    num_samples=1,
-    dataset=dict(
-        data_root='../shared/data/lidar/',
-        ann_file='000008.pkl',
-        data_prefix=dict(pts='', img='')))
 
 pruner = dict(num_levels=11)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..calibration import calibration_batches
 from ..errors import PruningInputError
+from ..masks import apply_masks
 from ..registry import PRUNERS
 
 #: Key of the pruning state in every checkpoint the runner saves.
@@ -27,12 +28,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-@torch.no_grad()
 def _apply(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        weight = modules[name].weight
-        weight.masked_fill_(~mask.to(weight.device), 0.0)
+    apply_masks(dict(model.named_modules()), masks)
 
 
 # Registered in mmengine's root registry, so that mmdet3d's and mmdet's

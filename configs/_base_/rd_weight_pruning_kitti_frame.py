@@ -1,0 +1,13 @@
+# RD weight pruning settings, calibrated on the real KITTI frame 000008 in
+# ../shared/data/lidar through the detector config's own val dataloader and
+# KittiDataset. Point calibration.dataset at your KITTI infos to calibrate
+# on more frames.
+_base_ = ['./rd_weight_pruning.py']
+
+calibration = dict(
+    dataloader='val_dataloader',
+    num_samples=1,
+    dataset=dict(
+        data_root='../shared/data/lidar/',
+        ann_file='000008.pkl',
+        data_prefix=dict(pts='', img='')))

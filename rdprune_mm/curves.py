@@ -1,7 +1,11 @@
-"""Empirical rate-distortion curves, cached and resumable.
+"""Rate-distortion curves, cached and resumable.
 
-For every target and every level of the grid, the target alone is pruned
-(smallest magnitude first) and the distortion of the head outputs measured.
+Empirical curves prune every target alone at every level of the grid (in the
+ranking's order, smallest magnitude first by default) and measure the
+distortion of the head outputs: one calibration pass per layer and level.
+Taylor curves read the same levels off a :class:`GradientSketch`, with no
+forward pass at all once the sketch is measured.
+
 Curves are written to a JSON cache after every finished layer, keyed by a
 fingerprint of the model, the calibration outputs and the settings: an
 interrupted run resumes at the first unfinished layer and a rerun computes
@@ -20,6 +24,7 @@ from mmengine.utils import ProgressBar
 
 from .fileio import write_json
 from .masks import magnitude_order, mask_from_order, pruned_counts
+from .sketch import GradientSketch
 from .targets import PruningTarget
 
 
@@ -59,7 +64,8 @@ def empirical_curves(targets: Sequence[PruningTarget],
                      sparsities: Sequence[float],
                      measure: Callable[[], float],
                      cache: CurveCache,
-                     unpruned_distortion: float = 0.0
+                     unpruned_distortion: float = 0.0,
+                     orders: Optional[Sequence[torch.Tensor]] = None
                      ) -> Dict[str, np.ndarray]:
     """Measure ``D_l(k)`` for every target ``l`` and level ``k``.
 
@@ -71,6 +77,8 @@ def empirical_curves(targets: Sequence[PruningTarget],
         cache: Curves already measured, and where new ones go.
         unpruned_distortion: ``measure()`` of the unpruned model, used for
             level 0 of every layer.
+        orders: Per target, flat weight indices in pruning order (None:
+            smallest magnitude first).
 
     Returns:
         dict[str, np.ndarray]: One curve per target name.
@@ -86,10 +94,16 @@ def empirical_curves(targets: Sequence[PruningTarget],
                     f'levels = {len(todo) * levels} passes of the '
                     'calibration set')
         progress = ProgressBar(len(todo) * levels)
+    order_of = {
+        t.name: order
+        for t, order in zip(targets, orders or [None] * len(targets))
+    }
     for target in todo:
         weight = target.weight
         original = weight.detach().clone()
-        order = magnitude_order(original)
+        order = order_of[target.name]
+        if order is None:
+            order = magnitude_order(original)
         counts = pruned_counts(original.numel(), sparsities)
         curve = np.empty(len(sparsities))
         curve[0] = unpruned_distortion
@@ -104,4 +118,50 @@ def empirical_curves(targets: Sequence[PruningTarget],
         cache[target.name] = curve
     if todo:
         print()
+    return {t.name: cache[t.name] for t in targets}
+
+
+def saturate(quadratic: np.ndarray, ceiling: float) -> np.ndarray:
+    """Bend a quadratic estimate towards ``ceiling``: ``q / (1 + q / c)``.
+
+    Equal to ``q`` while ``q`` is small against ``c``, never above ``c``.
+    """
+    if ceiling <= 0:
+        return quadratic
+    return quadratic / (1.0 + quadratic / ceiling)
+
+
+def taylor_curves(targets: Sequence[PruningTarget],
+                  sparsities: Sequence[float],
+                  sketch: Optional[GradientSketch],
+                  orders: Sequence[torch.Tensor],
+                  cache: CurveCache,
+                  ceiling: float = 0.0) -> Dict[str, np.ndarray]:
+    """Estimate ``D_l(k)`` of every target and level from a gradient sketch.
+
+    The Gauss-Newton estimate is exact near the unpruned weights but grows
+    without bound, while the measured distortion of a layer pruned away
+    levels off once the outputs have lost that layer's signal. With a
+    ``ceiling`` (the distortion of an all-zero output is the natural one)
+    the estimate is passed through :func:`saturate`.
+
+    Args:
+        targets: The prunable layers.
+        sparsities: Pruned share of each level; level 0 must be 0.
+        sketch: Projected gradients of every target not in ``cache`` (None
+            if all are).
+        orders: Per target, flat weight indices in pruning order.
+        cache: Curves already estimated, and where new ones go.
+        ceiling: Level the curves saturate at (0: plain quadratic form).
+
+    Returns:
+        dict[str, np.ndarray]: One curve per target name.
+    """
+    todo = [(t, o) for t, o in zip(targets, orders) if t.name not in cache]
+    if todo and sketch is None:
+        raise ValueError('taylor_curves needs a sketch for uncached targets')
+    for target, order in todo:
+        counts = pruned_counts(target.num_params, sparsities)
+        cache[target.name] = saturate(
+            sketch.curve(target.name, target.weight, order, counts), ceiling)
     return {t.name: cache[t.name] for t in targets}

@@ -3,6 +3,11 @@
 Each measure takes two equally long lists (one entry per calibration
 sample) of ``{name: tensor}`` dicts and returns one float. The samples are
 the calibration batches, one frame each by default.
+
+Every measure is a weighted sum of squared errors per sample and output
+tensor, reduced over the samples by a sum or a maximum. It says so through
+:meth:`quadratic_weights` and ``sample_reduction``, which is what the
+Taylor curve estimator (:mod:`rdprune_mm.sketch`) needs to approximate it.
 """
 from __future__ import annotations
 
@@ -56,6 +61,8 @@ class NormalizedMSE:
         eps: Added to the energy of all-zero reference tensors.
     """
 
+    sample_reduction = 'sum'
+
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = eps
 
@@ -64,15 +71,32 @@ class NormalizedMSE:
         err, energy, _ = error_terms(reference, outputs)
         return float((err.sum(0) / (energy.sum(0) + self.eps)).mean())
 
+    def quadratic_weights(self,
+                          reference: Sequence[HeadTensors]) -> torch.Tensor:
+        """``[samples, tensors]`` weights ``w`` of the squared errors:
+        ``D = reduce_s sum_t w_st ||y_st - y_hat_st||^2``, tensors in
+        sorted name order."""
+        _, energy, _ = error_terms(reference, reference)
+        weights = 1.0 / (energy.sum(0) + self.eps) / energy.shape[1]
+        return weights.expand_as(energy).clone()
+
 
 @DISTORTIONS.register_module()
 class MSE:
     """Plain mean squared error over every output element."""
 
+    sample_reduction = 'sum'
+
     def __call__(self, reference: Sequence[HeadTensors],
                  outputs: Sequence[HeadTensors]) -> float:
         err, _, count = error_terms(reference, outputs)
         return float(err.sum() / count.sum())
+
+    def quadratic_weights(self,
+                          reference: Sequence[HeadTensors]) -> torch.Tensor:
+        """See :meth:`NormalizedMSE.quadratic_weights`."""
+        _, _, count = error_terms(reference, reference)
+        return torch.full_like(count, 1.0 / float(count.sum()))
 
 
 @DISTORTIONS.register_module()
@@ -83,6 +107,8 @@ class WorstCaseNormalizedMSE:
         eps: Added to the energy of all-zero reference tensors.
     """
 
+    sample_reduction = 'max'
+
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = eps
 
@@ -90,3 +116,9 @@ class WorstCaseNormalizedMSE:
                  outputs: Sequence[HeadTensors]) -> float:
         err, energy, _ = error_terms(reference, outputs)
         return float((err / (energy + self.eps)).mean(1).max())
+
+    def quadratic_weights(self,
+                          reference: Sequence[HeadTensors]) -> torch.Tensor:
+        """See :meth:`NormalizedMSE.quadratic_weights`."""
+        _, energy, _ = error_terms(reference, reference)
+        return 1.0 / (energy + self.eps) / energy.shape[1]

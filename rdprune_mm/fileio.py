@@ -56,3 +56,13 @@ def fingerprint(tensors: Iterable[tuple[str, torch.Tensor]],
                       if tensor.numel() else b'')
     digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomically write ``text``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    atomic_write(path, write)

@@ -1,8 +1,9 @@
 """The allocation report (``allocation.json``) of a pruning run."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .pruners.weight_pruner import PruningResult
 
@@ -10,6 +11,17 @@ _UNIT_DESCRIPTIONS = dict(
     params='share of the prunable layers\' weights kept',
     flops='share of the prunable layers\' FLOPs (2 x multiply-accumulates '
     'of their weights, measured on the calibration frames) kept')
+
+
+def _finite(value: float) -> Optional[float]:
+    """JSON has no NaN: a distortion nobody predicted is ``null``."""
+    return None if math.isnan(value) else value
+
+
+def _layer(layer) -> Dict[str, Any]:
+    record = asdict(layer)
+    record['predicted_distortion'] = _finite(record['predicted_distortion'])
+    return record
 
 
 def allocation_report(result: PruningResult, **context: Any
@@ -39,9 +51,9 @@ def allocation_report(result: PruningResult, **context: Any
             flops_before=result.flops_before,
             flops_after=result.flops_after,
             flops_kept=result.flops_kept,
-            predicted_distortion=result.predicted_distortion,
+            predicted_distortion=_finite(result.predicted_distortion),
             measured_distortion=result.measured_distortion,
-            additivity_ratio=result.additivity_ratio,
+            additivity_ratio=_finite(result.additivity_ratio),
             unpruned_distortion=result.unpruned_distortion),
         levels=[float(s) for s in result.sparsities],
-        layers=[asdict(layer) for layer in result.layers])
+        layers=[_layer(layer) for layer in result.layers])

@@ -23,10 +23,12 @@ from rdprune_mm.apis import (build_detector, default_device, load_config,
                              save_pruned_checkpoint)
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.channels.export import SLIM_OUTPUTS, write_slim_outputs
 from rdprune_mm.errors import PruningInputError, run_tool
 from rdprune_mm.finetune import finetune_config
 from rdprune_mm.fileio import atomic_write, write_json
 from rdprune_mm.plots import write_plots
+from rdprune_mm.pruners import ChannelPruningResult, RDChannelPruner
 from rdprune_mm.registry import PRUNERS
 from rdprune_mm.report import allocation_report
 
@@ -77,8 +79,17 @@ def _work_dir(args: argparse.Namespace, cfg) -> str:
     return osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
 
 
-def _check_outputs(work_dir: str, overwrite: bool) -> None:
-    existing = [f for f in OUTPUTS if osp.exists(osp.join(work_dir, f))]
+def _outputs(cfg) -> tuple:
+    """The files a run writes: a channel pruner adds the slim model."""
+    pruner = PRUNERS.get(cfg.get('pruner', {}).get('type', ''))
+    if isinstance(pruner, type) and issubclass(pruner, RDChannelPruner):
+        return OUTPUTS + SLIM_OUTPUTS
+    return OUTPUTS
+
+
+def _check_outputs(work_dir: str, overwrite: bool,
+                   outputs: tuple = OUTPUTS) -> None:
+    existing = [f for f in outputs if osp.exists(osp.join(work_dir, f))]
     if existing and not overwrite:
         raise PruningInputError(
             f'{work_dir} already holds {", ".join(existing)} from an earlier '
@@ -109,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         raise PruningInputError('--resume needs --finetune')
     cfg = load_config(args.config, args.cfg_options)
     work_dir = _work_dir(args, cfg)
-    _check_outputs(work_dir, args.overwrite)
+    _check_outputs(work_dir, args.overwrite, _outputs(cfg))
     os.makedirs(work_dir, exist_ok=True)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     logger = MMLogger.get_instance(
@@ -148,16 +159,23 @@ def _prune(args: argparse.Namespace, cfg, work_dir: str,
         random_weights=args.checkpoint is None,
         device=device,
         rdprune_mm_version=rdprune_mm.__version__)
+    channels = isinstance(result, ChannelPruningResult)
+    if channels:
+        report.update(result.report_fields())
     meta['rdprune_mm'] = dict(
         version=rdprune_mm.__version__,
         config=args.config,
         budget=result.budget,
         achieved=result.achieved_budget)
     save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'), meta)
+    if channels:  # the masked model above, the slim model here
+        write_slim_outputs(model, result.keeps, cfg, work_dir, meta,
+                           result.exclude)
     write_json(osp.join(work_dir, 'allocation.json'), report)
     atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
     write_plots(report, result.curves, work_dir)
-    logger.info(f'wrote {", ".join(OUTPUTS)} to {work_dir}')
+    written = OUTPUTS + SLIM_OUTPUTS if channels else OUTPUTS
+    logger.info(f'wrote {", ".join(written)} to {work_dir}')
     return report
 
 

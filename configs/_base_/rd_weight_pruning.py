@@ -11,6 +11,15 @@ pruner = dict(
     budget_by='params',
     # pruned shares 0, 1/20, ..., 1 of every layer's curve
     num_levels=21,
+    # 'empirical': one calibration pass per layer and level (exact, slow);
+    # 'taylor': Gauss-Newton estimate from a gradient sketch, a fixed
+    # number of backward passes per calibration frame
+    curves='empirical',
+    # order of pruning inside a layer: 'magnitude' or 'taylor'
+    ranking='magnitude',
+    # random output directions of the gradient sketch (taylor curves or
+    # ranking): more directions, less noise, one backward pass each
+    sketch=dict(num_projections=32, seed=0),
     # regular expressions over module names (re.search); None: all layers
     targets=dict(include=None, exclude=None),
     # NormalizedMSE | MSE | WorstCaseNormalizedMSE

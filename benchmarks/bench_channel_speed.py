@@ -1,0 +1,276 @@
+"""CPU latency of channel-pruned (slim) LiDAR detectors against the dense ones.
+
+For each detector (CenterPoint on the reduced 256 x 256 x 41 grid of
+``configs/centerpoint/rd-channel_centerpoint_voxel02-quick_nus.py`` on the
+real nuScenes frame; SECOND, mmdet3d's KITTI car config, on the real KITTI
+frame 000008; with ``--full`` also CenterPoint voxel 0.1 on its full
+1024 x 1024 x 41 grid) the script builds the model with random weights and
+BatchNorm statistics set from the frame, then for every FLOPs reduction
+(2x and 4x by default):
+
+1. allocates channels under the FLOPs budget ``1 / reduction``: with
+   :class:`RDChannelPruner` (``--allocation rd``, ``--num-levels`` per
+   curve, curves cached in the work dir and shared by both budgets) or with
+   one kept share for every group (``--allocation uniform``, the largest
+   share whose exact FLOPs meet the budget; no curves: speed does not depend
+   on which channels are kept);
+2. slims a copy (:func:`rdprune_mm.channels.slim_copy`) and checks that its
+   head outputs equal the masked model's;
+3. times, interleaved with the dense model and the other slim models (so
+   that load from other processes hits all alike), ``--repeats`` rounds
+   after ``--warmup`` rounds of ``model(**batch, mode='predict')`` on the
+   preprocessed frame (the network, box decoding and NMS; voxelization is
+   part of the preprocessing and not timed), and of the network alone (up
+   to the head outputs, :class:`rdprune_mm.head_outputs.HeadOutputs`).
+
+FLOPs are measured on both models (2 x multiply-accumulates of every weight
+layer, sparse convs from spconv's active pairs). The table gives the FLOPs
+reduction, the speed-up (median dense latency / median slim latency) and
+their ratio, the efficiency (goal >= 0.7). Writes ``speed.md`` and
+``speed.json`` into ``--work-dir``.
+
+Usage:
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_channel_speed.py \
+        [--models centerpoint second] [--full] [--reductions 2 4] \
+        [--allocation rd|uniform] [--num-levels 5] [--repeats 5] \
+        [--work-dir work_dirs/bench_channel_speed]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+import rdprune_mm
+from rdprune_mm.apis import build_detector
+from rdprune_mm.batchnorm import recalibrate_batchnorm
+from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.channels import (find_channel_groups, slim_copy,
+                                 total_cost_after)
+from rdprune_mm.channels.masking import apply_channel_mask
+from rdprune_mm.fileio import write_json, write_text
+from rdprune_mm.flops import measure_flops
+from rdprune_mm.head_outputs import HeadOutputs
+from rdprune_mm.pruners import RDChannelPruner
+from rdprune_mm.targets import find_targets
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = dict(
+    centerpoint=osp.join(REPO, 'configs', 'centerpoint',
+                         'rd-channel_centerpoint_voxel02-quick_nus.py'),
+    second=osp.join(REPO, 'configs', 'second',
+                    'rd-channel_second_hv_secfpn_kitti-3d-car.py'),
+    centerpoint_full=osp.join(
+        REPO, 'configs', 'centerpoint',
+        'rd-channel_centerpoint_voxel01_second_secfpn_nus.py'))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='CPU latency of slim (channel-pruned) detectors against '
+        'the dense ones at given FLOPs reductions.')
+    parser.add_argument('--models', nargs='+', default=['centerpoint',
+                                                        'second'],
+                        choices=['centerpoint', 'second'])
+    parser.add_argument('--full', action='store_true',
+                        help='also CenterPoint voxel 0.1 on its full grid')
+    parser.add_argument('--reductions', nargs='+', type=float,
+                        default=[2.0, 4.0],
+                        help='FLOPs reductions (budget = 1 / reduction)')
+    parser.add_argument('--allocation', choices=['rd', 'uniform'],
+                        default='rd')
+    parser.add_argument('--num-levels', type=int, default=5,
+                        help='levels per curve of --allocation rd')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--work-dir',
+                        default=osp.join('work_dirs', 'bench_channel_speed'))
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------ allocation
+def uniform_keeps(groups, dense_flops: Dict[str, float],
+                  budget: float) -> Dict[str, torch.Tensor]:
+    """One kept share for all groups, the largest whose exact FLOPs meet
+    ``budget`` (bisection on the share); channels by L2 filter norm."""
+
+    def counts(share: float) -> Dict[str, int]:
+        return {g.name: max(1, int(math.floor(share * g.num_channels)))
+                for g in groups}
+
+    total = sum(dense_flops.values())
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = 0.5 * (low + high)
+        if total_cost_after(groups, counts(middle),
+                            dense_flops) <= budget * total:
+            low = middle
+        else:
+            high = middle
+    kept = counts(low)
+    return {g.name: g.keep_mask(kept[g.name]) for g in groups}
+
+
+def allocate(args, model, batches, budget: float, cache_dir: str):
+    """A masked copy of ``model`` and its keep-masks under ``budget``."""
+    masked = copy.deepcopy(model)
+    if args.allocation == 'rd':
+        pruner = RDChannelPruner(
+            budget=budget, num_levels=args.num_levels, budget_by='flops')
+        result = pruner.prune(masked, batches, cache_dir=cache_dir)
+        return masked, result.keeps
+    groups = find_channel_groups(masked)
+    targets = find_targets(masked)
+    dense = measure_flops(masked, targets, batches, HeadOutputs(masked))
+    keeps = uniform_keeps(groups, dense, budget)
+    for group in groups:
+        apply_channel_mask(group, keeps[group.name])
+    return masked, keeps
+
+
+# ------------------------------------------------------------ timing
+def total_flops(model, batches) -> float:
+    return sum(
+        measure_flops(model, find_targets(model), batches,
+                      HeadOutputs(model)).values())
+
+
+def runners(model, batch) -> Dict[str, Callable[[], object]]:
+    head = HeadOutputs(model)
+    return dict(
+        predict=lambda: model(**batch, mode='predict'),
+        network=lambda: head(batch))
+
+
+@torch.no_grad()
+def time_models(models: Dict[str, torch.nn.Module], batch: dict,
+                repeats: int, warmup: int) -> Dict[str, Dict[str, float]]:
+    """Median seconds per frame of every model and runner, interleaved."""
+    calls = {name: runners(model, batch) for name, model in models.items()}
+    seconds: Dict[str, Dict[str, List[float]]] = {
+        name: {kind: [] for kind in run} for name, run in calls.items()}
+    for round_ in range(warmup + repeats):
+        for name, run in calls.items():
+            for kind, call in run.items():
+                start = time.perf_counter()
+                call()
+                if round_ >= warmup:
+                    seconds[name][kind].append(time.perf_counter() - start)
+    return {name: {kind: statistics.median(values)
+                   for kind, values in kinds.items()}
+            for name, kinds in seconds.items()}
+
+
+def max_difference(a: Dict[str, torch.Tensor],
+                   b: Dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@torch.no_grad()
+def bench_model(args, name: str, config: str) -> List[dict]:
+    logger = MMLogger.get_current_instance()
+    cfg = Config.fromfile(config)
+    model, _ = build_detector(cfg)
+    batches = calibration_batches(cfg, model, cfg.calibration)
+    recalibrate_batchnorm(model, batches)
+    batch = batches[0]
+    cache_dir = osp.join(args.work_dir, 'curves', name)
+    dense_flops = total_flops(model, batches)
+    models = {'dense': model}
+    rows = []
+    for reduction in args.reductions:
+        start = time.perf_counter()
+        masked, keeps = allocate(args, model, batches, 1.0 / reduction,
+                                 cache_dir)
+        slim, _ = slim_copy(masked, keeps)
+        difference = max_difference(
+            HeadOutputs(masked)(batch), HeadOutputs(slim)(batch))
+        key = f'{reduction:g}x'
+        models[key] = slim
+        rows.append(dict(
+            model=name, config=osp.relpath(config, REPO),
+            reduction_asked=reduction, allocation=args.allocation,
+            flops_dense=dense_flops, flops_slim=total_flops(slim, batches),
+            params_dense=sum(p.numel() for p in model.parameters()),
+            params_slim=sum(p.numel() for p in slim.parameters()),
+            masked_vs_slim_max_abs=difference,
+            allocation_seconds=time.perf_counter() - start, key=key))
+        del masked
+    logger.info(f'{name}: timing {list(models)} ({args.warmup} warm-up + '
+                f'{args.repeats} rounds, interleaved)')
+    medians = time_models(models, batch, args.repeats, args.warmup)
+    for row in rows:
+        row['flops_reduction'] = row['flops_dense'] / row['flops_slim']
+        for kind in ('predict', 'network'):
+            dense, slim = medians['dense'][kind], medians[row['key']][kind]
+            row[f'{kind}_dense_s'] = dense
+            row[f'{kind}_slim_s'] = slim
+            row[f'{kind}_speedup'] = dense / slim
+            row[f'{kind}_efficiency'] = (dense / slim) / row[
+                'flops_reduction']
+    return rows
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    lines = [
+        '| model | FLOPs dense -> slim (G) | FLOPs reduction | params '
+        'dense -> slim (M) | predict dense / slim (s) | predict speed-up | '
+        'efficiency | network dense / slim (s) | network speed-up | '
+        'efficiency |', '|' + '---|' * 10
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} {row['key']} | {row['flops_dense'] / 1e9:.2f}"
+            f" -> {row['flops_slim'] / 1e9:.2f} | "
+            f"{row['flops_reduction']:.2f}x | "
+            f"{row['params_dense'] / 1e6:.2f} -> "
+            f"{row['params_slim'] / 1e6:.2f} | "
+            f"{row['predict_dense_s']:.3f} / {row['predict_slim_s']:.3f} | "
+            f"{row['predict_speedup']:.2f}x | "
+            f"{row['predict_efficiency']:.2f} | "
+            f"{row['network_dense_s']:.3f} / {row['network_slim_s']:.3f} | "
+            f"{row['network_speedup']:.2f}x | "
+            f"{row['network_efficiency']:.2f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.work_dir, exist_ok=True)
+    MMLogger.get_instance('bench_channel_speed', logger_name='rdprune_mm')
+    names = list(args.models) + (['centerpoint_full'] if args.full else [])
+    rows = []
+    for name in names:
+        rows.extend(bench_model(args, name, CONFIGS[name]))
+    table = markdown(rows)
+    header = (
+        f'CPU: {platform.processor() or platform.machine()}, torch '
+        f'{torch.__version__}, {torch.get_num_threads()} thread(s), '
+        f'allocation {args.allocation}'
+        + (f' ({args.num_levels} levels)' if args.allocation == 'rd' else '')
+        + f', median of {args.repeats} after {args.warmup} warm-up; '
+        'speed-up = dense / slim latency; efficiency = speed-up / FLOPs '
+        'reduction (goal >= 0.7)\n\n')
+    print()
+    print(header + table)
+    write_text(osp.join(args.work_dir, 'speed.md'), header + table)
+    write_json(
+        osp.join(args.work_dir, 'speed.json'),
+        dict(args=vars(args), rdprune_mm_version=rdprune_mm.__version__,
+             torch_threads=torch.get_num_threads(), rows=rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""A random-projection sketch of the head outputs' Gauss-Newton matrix.
+
+Near the unpruned weights the distortion of the head outputs ``F`` is the
+quadratic form ``D(dw) ~ dw^T J^T W J dw`` with ``J = dF/dw`` and ``W`` the
+distortion's weights (:meth:`NormalizedMSE.quadratic_weights`); the first
+order term vanishes because ``D`` is smallest at ``dw = 0``. For random
+output directions ``v_j`` with ``E[v v^T] = I`` and
+``g_j = d<v_j, W^(1/2) F>/dw`` (one backward pass each),
+``E[(g_j . dw)^2] = dw^T J^T W J dw``. Averaging over ``r`` directions per
+calibration sample therefore estimates the distortion of *any* change of
+*any* layer, cross terms inside a layer included, from ``r`` backward passes
+per sample, whatever the number of layers and levels.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from mmengine.utils import ProgressBar
+
+from .targets import PruningTarget
+
+HeadTensors = Dict[str, torch.Tensor]
+
+
+class GradientSketch:
+    """Projected gradients ``g_j`` of every target, ``[rows, numel]`` each.
+
+    Args:
+        gradients: Per target name, one flattened gradient per row.
+        row_samples: Calibration sample of every row.
+        num_projections: Rows per sample.
+        sample_reduction: ``'sum'`` or ``'max'`` over the samples, as the
+            distortion measure reduces them.
+    """
+
+    def __init__(self, gradients: Dict[str, torch.Tensor],
+                 row_samples: torch.Tensor, num_projections: int,
+                 sample_reduction: str) -> None:
+        if sample_reduction not in ('sum', 'max'):
+            raise ValueError(
+                f'sample_reduction must be sum or max, got {sample_reduction}')
+        self.gradients = gradients
+        self.row_samples = row_samples
+        self.num_projections = num_projections
+        self.sample_reduction = sample_reduction
+
+    @classmethod
+    def measure(cls,
+                targets: Sequence[PruningTarget],
+                batches: Sequence[dict],
+                head_outputs: Callable[[dict], HeadTensors],
+                weights: torch.Tensor,
+                sample_reduction: str,
+                num_projections: int = 16,
+                seed: int = 0) -> 'GradientSketch':
+        """Run ``num_projections`` backward passes per calibration batch.
+
+        Args:
+            targets: The layers whose weights get a sketch.
+            batches: Preprocessed calibration batches.
+            head_outputs: Maps a batch to the head's named tensors, with
+                autograd (e.g. :class:`rdprune_mm.head_outputs.HeadOutputs`).
+            weights: ``[samples, tensors]`` weights of the squared errors,
+                tensors in sorted name order.
+            sample_reduction: How the distortion reduces over samples.
+            num_projections: Random output directions per batch.
+            seed: Seed of the directions (drawn on the CPU, so they are the
+                same on every device).
+
+        Returns:
+            GradientSketch: float32 gradients on the weights' devices.
+        """
+        if num_projections < 1:
+            raise ValueError(
+                f'num_projections must be at least 1, got {num_projections}')
+        generator = torch.Generator().manual_seed(seed)
+        params = [t.weight for t in targets]
+        rows: Dict[str, List[torch.Tensor]] = {t.name: [] for t in targets}
+        progress = ProgressBar(len(batches) * num_projections)
+        requires_grad = [p.requires_grad for p in params]
+        try:
+            for param in params:
+                param.requires_grad_(True)
+            with torch.enable_grad():
+                for index, batch in enumerate(batches):
+                    outputs = head_outputs(batch)
+                    scales = weights[index].sqrt().tolist()
+                    for j in range(num_projections):
+                        projection = sum(
+                            (torch.randn(outputs[n].shape,
+                                         generator=generator).to(
+                                             outputs[n].device,
+                                             outputs[n].dtype) *
+                             outputs[n]).sum() * scale
+                            for n, scale in zip(sorted(outputs), scales))
+                        grads = torch.autograd.grad(
+                            projection,
+                            params,
+                            retain_graph=j < num_projections - 1,
+                            allow_unused=True)
+                        for target, grad in zip(targets, grads):
+                            if grad is None:
+                                grad = torch.zeros_like(target.weight)
+                            rows[target.name].append(
+                                grad.detach().flatten().float())
+                        progress.update()
+                    del outputs
+        finally:
+            for param, flag in zip(params, requires_grad):
+                param.requires_grad_(flag)
+        print()
+        row_samples = torch.arange(len(batches)).repeat_interleave(
+            num_projections)
+        return cls({name: torch.stack(r) for name, r in rows.items()},
+                   row_samples, num_projections, sample_reduction)
+
+    def diagonal_scores(self, name: str,
+                        weight: torch.Tensor) -> torch.Tensor:
+        """Estimated distortion of pruning each weight of ``name`` alone:
+        ``w_i^2 * diag(J^T W J)_i``, shaped like ``weight``."""
+        gradients = self.gradients[name]
+        diagonal = gradients.double().square().sum(0) / self.num_projections
+        return (weight.detach().double().flatten().square() *
+                diagonal).view(weight.shape)
+
+    def curve(self, name: str, weight: torch.Tensor, order: torch.Tensor,
+              counts: np.ndarray) -> np.ndarray:
+        """Estimated distortion of pruning ``counts[k]`` weights of ``name``
+        in ``order``, for every level ``k``.
+
+        Args:
+            name: The target.
+            weight: Its weight.
+            order: Flat weight indices, the first to prune first.
+            counts: Number of weights each level prunes.
+
+        Returns:
+            np.ndarray: One distortion per level.
+        """
+        gradients = self.gradients[name]
+        flat = weight.detach().flatten().double()
+        removed = gradients.double()[:, order] * flat[order]
+        prefix = torch.cat([
+            torch.zeros(len(gradients), 1, dtype=torch.float64,
+                        device=removed.device),
+            removed.cumsum(1)
+        ], 1)
+        index = torch.as_tensor(counts, device=prefix.device)
+        squared = prefix[:, index].square().cpu()
+        per_sample = torch.zeros(
+            int(self.row_samples.max()) + 1, len(counts),
+            dtype=torch.float64).index_add_(0, self.row_samples, squared)
+        per_sample /= self.num_projections
+        if self.sample_reduction == 'max':
+            return per_sample.max(0).values.numpy()
+        return per_sample.sum(0).numpy()

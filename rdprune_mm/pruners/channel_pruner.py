@@ -45,9 +45,9 @@ from ..head_outputs import HeadOutputs
 from ..masks import sparsity_grid
 from ..registry import DISTORTIONS, PRUNERS
 from ..targets import PruningTarget, find_targets
+from .weight_pruner import BUDGET_UNITS, KeptShares
 
 CHANNEL_CURVES_VERSION = 1
-BUDGET_UNITS = ('params', 'flops')
 
 
 @dataclass
@@ -90,7 +90,7 @@ class LayerCost:
 
 
 @dataclass
-class ChannelPruningResult:
+class ChannelPruningResult(KeptShares):
     """The outcome of :meth:`RDChannelPruner.prune`.
 
     Totals (``params_*``, ``flops_*``) are exact (:func:`cost_after`) over
@@ -140,28 +140,6 @@ class ChannelPruningResult:
     @property
     def flops_after(self) -> float:
         return math.fsum(layer.flops_after for layer in self.layer_costs)
-
-    @property
-    def params_kept(self) -> float:
-        return self.params_after / self.params_before
-
-    @property
-    def flops_kept(self) -> float:
-        if self.flops_before == 0:
-            return 1.0
-        return self.flops_after / self.flops_before
-
-    @property
-    def achieved_budget(self) -> float:
-        """Exact share kept in the budget's unit."""
-        return self.flops_kept if self.budget_by == 'flops' else \
-            self.params_kept
-
-    @property
-    def additivity_ratio(self) -> float:
-        if self.predicted_distortion == 0:
-            return 1.0 if self.measured_distortion == 0 else math.inf
-        return self.measured_distortion / self.predicted_distortion
 
     def report_fields(self) -> dict:
         """What ``allocation.json`` adds for channel pruning: the cost

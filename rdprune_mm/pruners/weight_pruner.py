@@ -44,35 +44,10 @@ class LayerAllocation:
     flops_after: float = 0.0
 
 
-@dataclass
-class PruningResult:
-    """The outcome of :meth:`RDWeightPruner.prune`."""
-
-    budget: float
-    layers: List[LayerAllocation]
-    masks: Dict[str, torch.Tensor] = field(repr=False)
-    predicted_distortion: float
-    measured_distortion: float
-    unpruned_distortion: float
-    curves: Dict[str, np.ndarray] = field(repr=False)
-    sparsities: np.ndarray = field(repr=False)
-    budget_by: str = 'params'
-
-    @property
-    def params_before(self) -> int:
-        return sum(layer.params_before for layer in self.layers)
-
-    @property
-    def params_after(self) -> int:
-        return sum(layer.params_after for layer in self.layers)
-
-    @property
-    def flops_before(self) -> float:
-        return math.fsum(layer.flops_before for layer in self.layers)
-
-    @property
-    def flops_after(self) -> float:
-        return math.fsum(layer.flops_after for layer in self.layers)
+class KeptShares:
+    """Shares kept and the additivity ratio of a result that has
+    ``params_before/after``, ``flops_before/after``, ``budget_by`` and
+    predicted and measured distortions."""
 
     @property
     def params_kept(self) -> float:
@@ -103,6 +78,36 @@ class PruningResult:
             return 1.0 if self.measured_distortion == 0 else math.inf
         return self.measured_distortion / self.predicted_distortion
 
+
+@dataclass
+class PruningResult(KeptShares):
+    """The outcome of :meth:`RDWeightPruner.prune`."""
+
+    budget: float
+    layers: List[LayerAllocation]
+    masks: Dict[str, torch.Tensor] = field(repr=False)
+    predicted_distortion: float
+    measured_distortion: float
+    unpruned_distortion: float
+    curves: Dict[str, np.ndarray] = field(repr=False)
+    sparsities: np.ndarray = field(repr=False)
+    budget_by: str = 'params'
+
+    @property
+    def params_before(self) -> int:
+        return sum(layer.params_before for layer in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(layer.params_after for layer in self.layers)
+
+    @property
+    def flops_before(self) -> float:
+        return math.fsum(layer.flops_before for layer in self.layers)
+
+    @property
+    def flops_after(self) -> float:
+        return math.fsum(layer.flops_after for layer in self.layers)
 
 @dataclass
 class Calibration:

@@ -4,8 +4,12 @@ Importing the package registers its pruners and distortion measures, makes
 spconv 2 exact and deterministic on CPU and gives mmcv's CUDA-only 3D ops
 CPU kernels.
 """
-from .cpu_ops import install_cpu_fallbacks
-from .spconv_cpu import patch_spconv_cpu
+from .threads import limit_numba_threads
+
+limit_numba_threads()
+
+from .cpu_ops import install_cpu_fallbacks  # noqa: E402
+from .spconv_cpu import patch_spconv_cpu  # noqa: E402
 
 patch_spconv_cpu()
 install_cpu_fallbacks()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import QUICK_CENTERPOINT, load_tool
+from conftest import QUICK_CENTERPOINT, REPO, load_tool
 from rdprune_mm.apis import build_detector
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
@@ -147,3 +147,23 @@ def test_bad_choices_name_the_setting():
             PRUNERS.build(dict(cfg.pruner, **override))
     with pytest.raises(PruningInputError, match='pruner.allocation'):
         PRUNERS.build(dict(type='MagnitudeWeightPruner', allocation='snip'))
+
+
+@pytest.mark.parametrize('allocation', ['uniform', 'global', 'lamp', 'erk'])
+def test_baseline_configs_differ_from_rd_only_in_the_allocation(allocation):
+    """The shipped baseline configs compare at equal terms: same budget,
+    calibration, model, data and fine-tuning schedule as the RD config."""
+    folder = osp.join(REPO, 'configs', 'kitti_like')
+    rd = Config.fromfile(
+        osp.join(folder, 'rd-weight_second_tiny_kitti-like.py')).to_dict()
+    baseline = Config.fromfile(
+        osp.join(folder,
+                 f'{allocation}-weight_second_tiny_kitti-like.py')).to_dict()
+    rd_pruner, pruner = rd.pop('pruner'), baseline.pop('pruner')
+    assert baseline == rd
+    assert pruner.pop('type') == 'MagnitudeWeightPruner'
+    assert pruner.pop('allocation') == allocation
+    assert rd_pruner.pop('type') == 'RDWeightPruner'
+    assert pruner == rd_pruner
+    PRUNERS.build(dict(pruner, type='MagnitudeWeightPruner',
+                       allocation=allocation))

@@ -1,0 +1,340 @@
+"""RD pruning against uniform, global magnitude, LAMP and ERK allocation on
+the demo's trained detector, at equal budgets, one-shot and after the same
+fine-tuning.
+
+Every method goes through the same path: ``tools/prune.py`` (masks, budget
+in FLOPs or parameters, measured head-output distortion, ``allocation.json``)
+with only ``pruner.type`` / ``pruner.allocation`` switched, KittiMetric of the
+one-shot model, ``tools/prune.py --finetune`` (``RDPruneHook`` holding the
+masks, the same schedule and seed for every method) and KittiMetric again.
+RD's curves are measured once and shared by all budgets (one curve cache).
+Each (method, budget) run is saved as it finishes; a rerun skips finished
+runs and resumes an interrupted one.
+
+The dense model, data and schedule are the demo's (``tools/demo.py``,
+:class:`rdprune_mm.demo.Job`): the benchmark trains them first when they are
+missing. Example::
+
+    python benchmarks/bench_baselines.py                  # 5 methods x 3 budgets
+    python benchmarks/bench_baselines.py --quick          # 5 methods x 1 budget
+    python benchmarks/bench_baselines.py --budgets 0.5 0.25 --budget-by params
+
+Outputs (``--out-dir``, default ``<work dir>/bench``): ``results.md``,
+``results.png`` (distortion before fine-tuning and mAP after it, against the
+reduction), ``results.json`` (every run, the machine, versions, seeds, times)
+and ``runs/<method>-<unit>-<budget>/`` per run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os.path as osp
+import sys
+import time
+from typing import Any, Dict, List
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+METHODS = ('rd', 'uniform', 'global', 'lamp', 'erk')
+LABELS = {
+    'rd': 'RD', 'uniform': 'uniform', 'global': 'global magnitude',
+    'lamp': 'LAMP', 'erk': 'ERK'
+}
+DEFAULT_BUDGETS = (0.5, 0.25, 0.125)  # 2x, 4x, 8x fewer
+QUICK_BUDGETS = (0.25, )
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from rdprune_mm.demo import DATA_ROOT, PRUNE_CONFIG, TRAIN_CONFIG
+    parser = argparse.ArgumentParser(
+        description='RD pruning against uniform, global magnitude, LAMP '
+        'and ERK on the demo detector: distortion one-shot, mAP one-shot '
+        'and after fine-tuning.')
+    parser.add_argument('--data-root', default=DATA_ROOT)
+    parser.add_argument(
+        '--work-dir',
+        default='work_dirs/kitti_like',
+        help="the demo's work dir (its dense model is reused)")
+    parser.add_argument(
+        '--out-dir', help='benchmark outputs (default: <work dir>/bench)')
+    parser.add_argument('--num-train', type=int, default=200)
+    parser.add_argument('--num-val', type=int, default=50)
+    parser.add_argument(
+        '--seed', type=int, default=0, help='seed of the data simulation')
+    parser.add_argument('--train-config', default=TRAIN_CONFIG)
+    parser.add_argument('--prune-config', default=PRUNE_CONFIG)
+    parser.add_argument('--epochs', type=int, help='dense training epochs')
+    parser.add_argument(
+        '--finetune-epochs',
+        type=int,
+        default=1,
+        help='fine-tuning epochs of every run (same schedule and seed)')
+    parser.add_argument(
+        '--methods', nargs='+', choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        '--budgets',
+        nargs='+',
+        type=float,
+        help='shares to keep (default 0.5 0.25 0.125: 2x, 4x, 8x fewer)')
+    parser.add_argument(
+        '--budget-by', choices=('params', 'flops'), default='flops')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='one budget (0.25) unless --budgets is given')
+    parser.add_argument('--train-options', nargs='+', default=None)
+    parser.add_argument(
+        '--prune-options',
+        nargs='+',
+        default=None,
+        help='key=value overrides of the pruning config for every run')
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='redo every run (and the dense model)')
+    args = parser.parse_args(argv)
+    if args.budgets is None:
+        args.budgets = list(QUICK_BUDGETS if args.quick else DEFAULT_BUDGETS)
+    return args
+
+
+def demo_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The demo's arguments for the shared steps (data, dense model)."""
+    from rdprune_mm.demo import parse_args as parse_demo_args
+    argv = [
+        '--data-root', args.data_root, '--work-dir', args.work_dir,
+        '--num-train', str(args.num_train), '--num-val', str(args.num_val),
+        '--seed', str(args.seed), '--train-config', args.train_config,
+        '--prune-config', args.prune_config,
+        '--finetune-epochs', str(args.finetune_epochs)
+    ]
+    if args.epochs is not None:
+        argv += ['--epochs', str(args.epochs)]
+    if args.train_options:
+        argv += ['--train-options', *args.train_options]
+    if args.prune_options:
+        argv += ['--prune-options', *args.prune_options]
+    if args.overwrite:
+        argv.append('--overwrite')
+    return parse_demo_args(argv)
+
+
+def method_options(method: str, budget: float, budget_by: str) -> dict:
+    options = {'pruner.budget': budget, 'pruner.budget_by': budget_by}
+    if method == 'rd':
+        options['pruner.type'] = 'RDWeightPruner'
+    else:
+        options['pruner.type'] = 'MagnitudeWeightPruner'
+        options['pruner.allocation'] = method
+    return options
+
+
+def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
+    """Prune, evaluate, fine-tune and evaluate one (method, budget)."""
+    from rdprune_mm.demo import file_digest, merge_options, read_json
+    from rdprune_mm.errors import PruningInputError
+    from rdprune_mm.fileio import write_json
+    options = merge_options(job.options['prune'],
+                            method_options(method, budget, args.budget_by))
+    name = f'{method}-{args.budget_by}-{budget:g}'
+    folder = job.pruned_dir(
+        osp.join(out_dir, 'runs', name), options, method=method,
+        budget=budget)
+    done = read_json(osp.join(folder.path, 'result.json'))
+    if not args.overwrite and done is not None and \
+            done.get('settings') == folder.settings:
+        job.log(f'{name}: finished before, reused')
+        return done['result']
+    start = time.perf_counter()
+    pruned = job.prune(
+        folder, options,
+        curves_dir=osp.join(args.work_dir, 'curves')
+        if method == 'rd' else None)
+    oneshot = job.evaluation(
+        osp.join(folder.path, 'eval_oneshot'), f'{name} one-shot',
+        pruned['checkpoint'], file_digest(pruned['checkpoint']),
+        'eval_oneshot')
+    tuned = job.finetune(folder, options)
+    finetuned = job.evaluation(
+        osp.join(folder.path, 'eval_finetuned'), f'{name} fine-tuned',
+        tuned['checkpoint'], tuned['checkpoint_digest'], 'eval_finetuned')
+    totals = pruned['totals']
+    achieved = pruned['budget']['achieved']
+    if achieved > budget * (1 + 1e-6):
+        raise PruningInputError(
+            f'{name}: kept {achieved:.4f} of the {args.budget_by}, over the '
+            f'budget {budget}')
+    result = dict(
+        method=method,
+        budget=budget,
+        budget_by=args.budget_by,
+        achieved=achieved,
+        params_kept=totals['params_kept'],
+        flops_kept=totals['flops_kept'],
+        params_after=totals['params_after'],
+        flops_after=totals['flops_after'],
+        distortion=totals['measured_distortion'],
+        predicted_distortion=totals.get('predicted_distortion'),
+        ap_oneshot=oneshot['ap'],
+        ap_finetuned=finetuned['ap'],
+        masks_held=tuned['masks'],
+        prune_seconds=pruned['seconds'],
+        seconds=time.perf_counter() - start)
+    write_json(
+        osp.join(folder.path, 'result.json'),
+        dict(settings=folder.settings, result=result))
+    return result
+
+
+def _f(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '-'
+    return f'{value:.{digits}f}'
+
+
+def results_table(bench: dict) -> str:
+    unit = bench['budget_by']
+    dense = bench['dense']['ap']
+    lines = [
+        f'Dense model: mAP 3D {_f(dense["Overall"]["3D"])}, BEV '
+        f'{_f(dense["Overall"]["BEV"])}; Car 3D {_f(dense["Car"]["3D"])} '
+        '(moderate, AP40). Budget: share of the prunable layers\' '
+        f'{unit} kept. Distortion: NormalizedMSE of the head outputs on the '
+        'calibration frames, before fine-tuning.',
+        '',
+        '| method | keep (' + unit + ') | reduction | achieved | weights '
+        'kept | FLOPs kept | distortion | mAP 3D one-shot | mAP 3D '
+        'fine-tuned | mAP BEV fine-tuned | Car 3D fine-tuned |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for r in sorted(bench['runs'],
+                    key=lambda r: (-r['budget'], METHODS.index(r['method']))):
+        lines.append(
+            f'| {label(r["method"])} | {r["budget"]:g} | '
+            f'{1 / r["budget"]:.0f}x | {r["achieved"]:.4f} | '
+            f'{r["params_kept"]:.3f} | {r["flops_kept"]:.3f} | '
+            f'{r["distortion"]:.4g} | '
+            f'{_f(r["ap_oneshot"]["Overall"]["3D"])} | '
+            f'{_f(r["ap_finetuned"]["Overall"]["3D"])} | '
+            f'{_f(r["ap_finetuned"]["Overall"]["BEV"])} | '
+            f'{_f(r["ap_finetuned"]["Car"]["3D"])} |')
+    env = bench['environment']
+    lines += [
+        '',
+        f'Machine: {env["platform"]}, {env["cpu_count"]} CPUs, '
+        f'{env["torch_threads"]} torch threads; ' + ', '.join(
+            f'{k} {v}' for k, v in env['versions'].items()) + '. Seeds: '
+        f'data {bench["seeds"]["data"]}, training and fine-tuning '
+        f'{bench["seeds"]["runner"]}. Fine-tuning: '
+        f'{bench["finetune_epochs"]} epoch(s) per run. Total '
+        f'{bench["seconds"]["total"] / 60:.1f} min.',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(bench: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from rdprune_mm.fileio import atomic_write
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    dense = bench['dense']['ap']['Overall']['3D']
+    panels = [
+        ('distortion', 'head-output distortion, one-shot', True),
+        ('oneshot', 'mAP 3D (moderate), one-shot', False),
+        ('finetuned', 'mAP 3D (moderate), after fine-tuning', False),
+    ]
+    for ax, (key, title, log_y) in zip(axes, panels):
+        for method in METHODS:
+            runs = sorted((r for r in bench['runs'] if r['method'] == method),
+                          key=lambda r: -r['budget'])
+            if not runs:
+                continue
+            x = [1 / r['budget'] for r in runs]
+            if key == 'distortion':
+                y = [max(r['distortion'], 1e-12) for r in runs]
+            else:
+                y = [r[f'ap_{key}']['Overall']['3D'] or 0.0 for r in runs]
+            ax.plot(x, y, marker='o', label=label(method),
+                    linewidth=2.5 if method == 'rd' else 1.5)
+        if key != 'distortion' and dense is not None:
+            ax.axhline(dense, color='k', linestyle='--', linewidth=1,
+                       label='dense')
+        ax.set_xscale('log', base=2)
+        if log_y:
+            ax.set_yscale('log')
+        ax.set_xlabel(f'{bench["budget_by"]} reduction (x)')
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle('RD pruning against baseline allocations, SECOND on the '
+                 'built-in KITTI-layout data')
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format='png'))
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from rdprune_mm.demo import Job, environment, load_config, make_logger
+    from rdprune_mm.errors import PruningInputError
+    from rdprune_mm.fileio import write_json, write_text
+    for budget in args.budgets:
+        if not 0 < budget <= 1:
+            raise PruningInputError(
+                f'--budgets: {budget} is outside (0, 1]; give shares to '
+                'keep, e.g. 0.5 0.25 0.125')
+    begin = time.perf_counter()
+    out_dir = args.out_dir or osp.join(args.work_dir, 'bench')
+    logger = make_logger(out_dir, 'bench')
+    job = Job(demo_args(args), logger.info)
+    job.data()
+    dense = job.dense()
+    dense_eval = job.evaluation(
+        osp.join(args.work_dir, 'eval_dense'), 'the dense model',
+        dense['checkpoint'], dense['checkpoint_digest'], 'eval_dense')
+    runs: List[Dict[str, Any]] = []
+    for budget in sorted(args.budgets, reverse=True):
+        for method in args.methods:
+            logger.info(f'--- {label(method)}, keep {budget:g} of the '
+                        f'{args.budget_by}')
+            runs.append(run_one(job, method, budget, args, out_dir))
+    cfg = load_config(args.prune_config, job.options['prune'])
+    bench = dict(
+        budget_by=args.budget_by,
+        budgets=args.budgets,
+        methods=args.methods,
+        finetune_epochs=args.finetune_epochs,
+        dense=dict(checkpoint=dense['checkpoint'], ap=dense_eval['ap']),
+        runs=runs,
+        seeds=dict(
+            data=args.seed,
+            runner=cfg.get('randomness', {}).get('seed'),
+            sketch=cfg.pruner.get('sketch', {}).get('seed')),
+        pruner=cfg.pruner.to_dict(),
+        calibration=cfg.calibration.to_dict(),
+        environment=environment(),
+        seconds=dict(job.seconds, total=time.perf_counter() - begin),
+        args=vars(args))
+    table = results_table(bench)
+    write_text(osp.join(out_dir, 'results.md'), table)
+    write_json(osp.join(out_dir, 'results.json'), bench)
+    plot(bench, osp.join(out_dir, 'results.png'))
+    print(table)
+    logger.info(f'wrote results.md, results.png and results.json to '
+                f'{out_dir} in {bench["seconds"]["total"] / 60:.1f} min')
+    return bench
+
+
+def main(argv=None) -> int:
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from rdprune_mm.errors import run_tool
+    args = parse_args(argv)
+    return run_tool('bench_baselines.py', lambda: run(args))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

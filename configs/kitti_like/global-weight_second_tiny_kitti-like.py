@@ -1,0 +1,7 @@
+# Baseline for rd-weight_second_tiny_kitti-like.py: the same budget,
+# calibration, masks and fine-tuning; the allocation is by one magnitude
+# threshold over all layers, with magnitude ranking inside each layer.
+# benchmarks/bench_baselines.py compares them all.
+_base_ = ['./rd-weight_second_tiny_kitti-like.py']
+
+pruner = dict(type='MagnitudeWeightPruner', allocation='global')

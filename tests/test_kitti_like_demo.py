@@ -1,0 +1,270 @@
+"""The main job (tools/demo.py, :mod:`rdprune_mm.demo`) and the baselines
+benchmark on a tiny simulated dataset: the small SECOND trains, is RD-pruned
+and fine-tuned with its masks held, the report holds every class, a second
+run reuses every step, and the benchmark gives every method at every budget
+within it."""
+import importlib.util
+import json
+import os
+import os.path as osp
+import re
+import sys
+
+import pytest
+import torch
+from conftest import REPO, load_tool
+from mmengine.config import Config
+
+import rdprune_mm.demo as demo
+import rdprune_mm.demo.steps as steps
+from rdprune_mm import PruningInputError
+from rdprune_mm.apis import read_checkpoint
+
+# Two layers of the detector, 2 levels: a few calibration passes.
+TARGETS = 'pruner.targets.include=[backbone.blocks.1.0$,bbox_head.conv_reg]'
+# the options the demo and the benchmark share
+SHARED = [
+    '--num-train', '2', '--num-val', '2', '--epochs', '1',
+    '--finetune-epochs', '1',
+    '--train-options', 'train_dataloader.batch_size=2',
+    '--prune-options', 'pruner.num_levels=3', 'calibration.num_samples=1',
+    'train_dataloader.batch_size=2', TARGETS
+]
+TINY = ['--latency-frames', '1', *SHARED]
+
+
+def load_bench():
+    name = 'rdprune_mm_bench_baselines'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, osp.join(REPO, 'benchmarks', 'bench_baselines.py'))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+@pytest.fixture(scope='module')
+def demo_cli():
+    """``tools/demo.py``: its ``main`` runs :func:`rdprune_mm.demo.run`."""
+    return load_tool('demo')
+
+
+@pytest.fixture(scope='module')
+def first_run(demo_cli, tmp_path_factory):
+    """The demo on 2 + 2 frames: 1 training iteration, 1 fine-tuning
+    iteration, 2 pruned layers."""
+    root = tmp_path_factory.mktemp('kitti_like')
+    os.chdir(REPO)
+    argv = ['--data-root', str(root / 'data'), '--work-dir',
+            str(root / 'work'), *TINY]
+    assert demo_cli.main(argv) == 0
+    with open(root / 'work' / 'results.json') as f:
+        results = json.load(f)
+    return argv, root / 'work', results
+
+
+def test_config_trains_on_the_data_root_it_is_given(tmp_path):
+    """Every path of the configs moves to the data root given (datasets,
+    the database sampler of ObjectSample, the metric's infos)."""
+    for config in (demo.TRAIN_CONFIG, demo.PRUNE_CONFIG):
+        options = demo.data_root_options(config, str(tmp_path / 'd'))
+        cfg = Config.fromfile(config)
+        cfg.merge_from_dict(options)
+        used = {k: v for k, v in cfg.to_dict().items()
+                if not k.startswith('_')}  # helper variables are not used
+        assert 'data/kitti_like' not in json.dumps(used, default=str)
+        assert cfg.train_dataloader.dataset.data_root == f'{tmp_path}/d/'
+        sampler = cfg.train_dataloader.dataset.pipeline[2].db_sampler
+        assert sampler.info_path == f'{tmp_path}/d/kitti_dbinfos_train.pkl'
+        assert cfg.test_evaluator.ann_file == \
+            f'{tmp_path}/d/kitti_infos_val.pkl'
+    assert demo.data_root_options(demo.TRAIN_CONFIG, 'data/kitti_like') == {}
+
+
+def test_demo_trains_prunes_and_reports_every_class(first_run):
+    _, work, results = first_run
+    # the dense model was trained by the Runner: 1 epoch of 2 frames
+    assert results['train']['epochs'] == 1
+    assert results['train']['iterations'] == 1
+    assert osp.isfile(results['train']['checkpoint'])
+    # pruned within the FLOPs budget, FLOPs measured before and after
+    prune = results['prune']
+    assert prune['budget']['unit'] == 'flops'
+    assert prune['budget']['achieved'] <= prune['budget']['asked'] + 1e-9
+    assert prune['totals']['flops_after'] < prune['totals']['flops_before']
+    assert results['params']['pruned']['nonzero'] < \
+        results['params']['dense']['nonzero']
+    with open(work / 'results.md') as f:
+        table = f.read()
+    for name in ('Car', 'Pedestrian', 'Cyclist'):
+        for kind in ('3D', 'BEV'):
+            assert re.search(
+                rf'\| {name} AP {kind} \(moderate, AP40\) \|'
+                r'( [0-9.]+ \|){3}', table), (name, kind)
+    assert re.search(r'\| mAP 3D \(moderate, AP40\) \|( [0-9.]+ \|){3}',
+                     table)
+    assert re.search(r'\| CPU latency per frame.*\|( \d+ ms \|){3}', table)
+    assert 'FLOPs of the prunable layers' in table
+    # KittiMetric ran on each of the three models
+    for name in ('eval_dense', 'eval_oneshot', 'eval_pruned'):
+        assert any(
+            k.endswith('KITTI/Car_3D_AP40_moderate_strict')
+            for k in results[name]['metrics'])
+
+
+def test_finetuned_checkpoint_keeps_the_one_shot_masks(first_run):
+    _, work, results = first_run
+    tuned = read_checkpoint(results['finetune']['checkpoint'])
+    one_shot = read_checkpoint(results['prune']['checkpoint'])['state_dict']
+    dense = read_checkpoint(results['train']['checkpoint'])['state_dict']
+    masks = tuned['rdprune_mm']['masks']
+    assert sorted(masks) == ['backbone.blocks.1.0', 'bbox_head.conv_reg']
+    changed = 0
+    for name, mask in masks.items():
+        weight = tuned['state_dict'][f'{name}.weight']
+        assert (~mask).any()
+        assert torch.all(weight[~mask] == 0), name
+        # the masks are the one-shot pruning's
+        assert torch.equal(one_shot[f'{name}.weight'] != 0, mask)
+        changed += int((weight[mask] != dense[f'{name}.weight'][mask]).sum())
+    assert changed > 0  # fine-tuning moved the kept weights
+    assert results['finetune']['masks']['same_as_one_shot'] is True
+
+
+def test_second_run_reuses_data_model_and_results(demo_cli, first_run,
+                                                  monkeypatch):
+
+    def fail(*args, **kwargs):
+        raise AssertionError('a finished step ran again')
+
+    # where Job and make_data look the steps up
+    for name in ('train', 'evaluate', 'prune', 'finetune',
+                 'create_kitti_infos'):
+        monkeypatch.setattr(steps, name, fail)
+    argv, work, results = first_run
+    assert demo_cli.main(argv) == 0
+    with open(work / 'results.json') as f:
+        again = json.load(f)
+    assert again['eval_pruned']['ap'] == results['eval_pruned']['ap']
+    assert again['train']['checkpoint'] == results['train']['checkpoint']
+    # the stubs are what the job calls: without its record, a step runs
+    # again and fails
+    record = work / 'eval_dense' / demo.DONE_FILE
+    hidden = work / 'eval_dense' / 'hidden.json'
+    os.replace(record, hidden)
+    try:
+        with pytest.raises(AssertionError, match='ran again'):
+            demo_cli.main(argv)
+    finally:
+        os.replace(hidden, record)
+
+
+def test_changed_training_settings_stop_with_a_clear_error(demo_cli,
+                                                           first_run, capsys):
+    argv, work, _ = first_run
+    argv = [a if a != '1' or argv[i - 1] != '--epochs' else '2'
+            for i, a in enumerate(argv)]
+    assert demo_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'dense model made with other settings' in err
+    assert '--overwrite' in err
+    # nothing was removed
+    assert osp.isfile(demo.last_checkpoint(str(work / 'dense')))
+
+
+def test_step_dir_never_removes_foreign_folders(tmp_path):
+    foreign = tmp_path / 'dense'
+    foreign.mkdir()
+    (foreign / 'model.pth').write_text('x')
+    folder = demo.StepDir(str(foreign), dict(a=1))
+    with pytest.raises(PruningInputError, match='not written by the demo'):
+        folder.prepare(True, 'a dense model')
+    folder.clear()
+    assert (foreign / 'model.pth').exists()
+
+
+def test_a_prepared_kitti_folder_is_used_without_simulating(
+        first_run, tmp_path):
+    """A folder that mmdet3d's converter prepared (the real KITTI) is
+    taken as it is; the simulated one goes through the simulator, which
+    skips it because its arguments match."""
+    real = tmp_path / 'kitti'
+    real.mkdir()
+    for split in ('train', 'val'):
+        (real / f'kitti_infos_{split}.pkl').write_bytes(b'prepared')
+    record = steps.make_data(str(real), 3, 1, 0, log=print)
+    assert record['args'] is None
+    assert sorted(os.listdir(real)) == [
+        'kitti_infos_train.pkl', 'kitti_infos_val.pkl'
+    ]
+
+    simulated = first_run[2]['data']
+    assert not steps.is_prepared_kitti(simulated['root'])
+    again = steps.make_data(simulated['root'], 2, 2, 0, log=print)
+    assert simulated['args'] is not None
+    assert again['args'] == simulated['args']
+
+
+def test_benchmark_runs_every_method_within_every_budget(
+        first_run, monkeypatch, tmp_path):
+    """Stubs replace KittiMetric and fine-tuning (tested above); pruning,
+    budgets, the shared RD curves, the table, plot and JSON are real."""
+    bench = load_bench()
+    argv, work, _ = first_run
+    data_root = argv[argv.index('--data-root') + 1]
+    fake_ap = {c: {'3D': 1.0, 'BEV': 2.0}
+               for c in demo.CLASSES + ('Overall', )}
+
+    def fake_evaluate(config, options, checkpoint, work_dir, name):
+        return dict(metrics={}, ap=fake_ap, seconds=0.0)
+
+    def fake_finetune(config, checkpoint, work_dir, options):
+        pruned = osp.join(work_dir, 'pruned.pth')
+        return dict(checkpoint=pruned, checkpoint_digest='x',
+                    masks=dict(layers=2, pruned_weights=1,
+                               nonzero_pruned_weights=0,
+                               same_as_one_shot=True), seconds=0.0)
+
+    measured = []
+    import rdprune_mm.pruners.weight_pruner as weight_pruner
+    original = weight_pruner.empirical_curves
+
+    def counting(targets, sparsities, measure, cache, *args, **kwargs):
+        measured.append(sum(t.name not in cache for t in targets))
+        return original(targets, sparsities, measure, cache, *args,
+                        **kwargs)
+
+    monkeypatch.setattr(steps, 'evaluate', fake_evaluate)
+    monkeypatch.setattr(steps, 'finetune', fake_finetune)
+    monkeypatch.setattr(weight_pruner, 'empirical_curves', counting)
+    out = tmp_path / 'bench'
+    bench_argv = [
+        '--data-root', data_root, '--work-dir', str(work), '--out-dir',
+        str(out), '--budgets', '0.5', '0.25', *SHARED
+    ]
+    assert bench.main(bench_argv) == 0
+    with open(out / 'results.json') as f:
+        results = json.load(f)
+    runs = {(r['method'], r['budget']): r for r in results['runs']}
+    assert set(runs) == {(m, b) for m in bench.METHODS for b in (0.5, 0.25)}
+    for (method, budget), run in runs.items():
+        assert run['budget_by'] == 'flops'
+        assert 0 < run['achieved'] <= budget + 1e-9, (method, budget)
+        assert run['distortion'] > 0
+    # the RD curves came from the demo's cache: no layer measured again
+    assert measured == [0, 0]
+    with open(out / 'results.md') as f:
+        table = f.read()
+    for method in bench.METHODS:
+        assert len(re.findall(rf'\| {re.escape(bench.label(method))} \|',
+                              table)) == 2
+    assert (out / 'results.png').stat().st_size > 10_000
+    env = results['environment']
+    assert env['cpu_count'] >= 1 and env['versions']['mmdet3d']
+    assert results['seeds']['runner'] == 0 and results['seeds']['data'] == 0
+    # a rerun reuses every finished run
+    monkeypatch.setattr(
+        steps, 'prune',
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError('pruned again')))
+    assert bench.main(bench_argv) == 0

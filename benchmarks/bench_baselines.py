@@ -227,9 +227,12 @@ def results_table(bench: dict) -> str:
         f'Machine: {env["platform"]}, {env["cpu_count"]} CPUs, '
         f'{env["torch_threads"]} torch threads; ' + ', '.join(
             f'{k} {v}' for k, v in env['versions'].items()) + '. Seeds: '
-        f'data {bench["seeds"]["data"]}, training and fine-tuning '
-        f'{bench["seeds"]["runner"]}. Fine-tuning: '
-        f'{bench["finetune_epochs"]} epoch(s) per run. Total '
+        f'data {bench["seeds"]["data"]}, training '
+        f'{bench["seeds"]["training"]}, fine-tuning '
+        f'{bench["seeds"]["finetuning"]}. Fine-tuning: '
+        f'{bench["finetune_epochs"]} epoch(s) per run. The runs took '
+        f'{sum(r["seconds"] for r in bench["runs"]) / 60:.1f} min (reused '
+        'runs count the time they first took); this invocation took '
         f'{bench["seconds"]["total"] / 60:.1f} min.',
     ]
     return '\n'.join(lines) + '\n'
@@ -302,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
                         f'{args.budget_by}')
             runs.append(run_one(job, method, budget, args, out_dir))
     cfg = load_config(args.prune_config, job.options['prune'])
+    train_cfg = load_config(args.train_config, job.options['train'])
     bench = dict(
         budget_by=args.budget_by,
         budgets=args.budgets,
@@ -311,7 +315,8 @@ def run(args: argparse.Namespace) -> dict:
         runs=runs,
         seeds=dict(
             data=args.seed,
-            runner=cfg.get('randomness', {}).get('seed'),
+            training=train_cfg.get('randomness', {}).get('seed'),
+            finetuning=cfg.get('randomness', {}).get('seed'),
             sketch=cfg.pruner.get('sketch', {}).get('seed')),
         pruner=cfg.pruner.to_dict(),
         calibration=cfg.calibration.to_dict(),

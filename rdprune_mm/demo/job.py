@@ -172,6 +172,17 @@ class Job:
                 dense=self.dense_record['checkpoint_digest'],
                 **extra))
 
+    def recorded_result(self, done_file: str,
+                        folder: StepDir) -> Optional[dict]:
+        """The result that ``done_file`` records, when it was made with the
+        folder's settings and its checkpoint exists (``None`` otherwise, or
+        with ``--overwrite``)."""
+        record = None if self.args.overwrite else read_json(done_file)
+        if record is None or record.get('settings') != folder.settings or \
+                not osp.isfile(record['result']['checkpoint']):
+            return None
+        return record['result']
+
     def prune(self,
               folder: StepDir,
               options: dict,
@@ -190,10 +201,8 @@ class Job:
         """
         start = time.perf_counter()
         done = osp.join(folder.path, 'prune_done.json')
-        record = None if self.args.overwrite else read_json(done)
-        if record is not None and record.get('settings') == \
-                folder.settings and osp.isfile(record['result']['checkpoint']):
-            result = record['result']
+        result = self.recorded_result(done, folder)
+        if result is not None:
             self.log(f'pruning: {folder.path}/allocation.json exists, '
                      'reused')
         else:
@@ -231,10 +240,8 @@ class Job:
         """
         start = time.perf_counter()
         done = osp.join(folder.path, 'finetune_done.json')
-        record = None if self.args.overwrite else read_json(done)
-        if record is not None and record.get('settings') == \
-                folder.settings and osp.isfile(record['result']['checkpoint']):
-            result = record['result']
+        result = self.recorded_result(done, folder)
+        if result is not None:
             self.log(f'fine-tuned model: {result["checkpoint"]} exists, '
                      'reused')
         else:

@@ -197,8 +197,9 @@ def _prune_tool() -> ModuleType:
 
 def prune(config: str, checkpoint: str, work_dir: str,
           options: Optional[dict]) -> dict:
-    """One-shot pruning with ``tools/prune.py`` on the CPU (pruned.pth,
-    allocation.json, curve cache, plots; earlier outputs replaced).
+    """One-shot pruning with ``tools/prune.py`` on the device that
+    mmengine's Runner trains on (CUDA when there is one): pruned.pth,
+    allocation.json, curve cache, plots; earlier outputs replaced.
 
     Args:
         config: The pruning config.
@@ -214,7 +215,8 @@ def prune(config: str, checkpoint: str, work_dir: str,
     tool = _prune_tool()
     args = tool.parse_args([
         config, '--checkpoint', checkpoint, '--work-dir', work_dir,
-        '--device', 'cpu', '--overwrite'
+        '--device', 'cuda' if torch.cuda.is_available() else 'cpu',
+        '--overwrite'
     ])
     args.cfg_options = dict(options or {}) or None
     report = tool.run(args)

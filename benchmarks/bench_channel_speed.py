@@ -5,15 +5,21 @@ For each detector (CenterPoint on the reduced 256 x 256 x 41 grid of
 real nuScenes frame; SECOND, mmdet3d's KITTI car config, on the real KITTI
 frame 000008; with ``--full`` also CenterPoint voxel 0.1 on its full
 1024 x 1024 x 41 grid) the script builds the model with random weights and
-BatchNorm statistics set from the frame, then for every FLOPs reduction
-(2x and 4x by default):
+BatchNorm statistics set from the frame; ``--config CONFIG --checkpoint
+CKPT`` adds a trained detector (e.g. the small SECOND that ``make demo``
+trains, with ``configs/kitti_like/rd-channel_second_tiny_kitti-like.py``).
+Then, for every FLOPs reduction (2x and 4x by default):
 
 1. allocates channels under the FLOPs budget ``1 / reduction``: with
    :class:`RDChannelPruner` (``--allocation rd``, ``--num-levels`` per
    curve, curves cached in the work dir and shared by both budgets) or with
    one kept share for every group (``--allocation uniform``, the largest
    share whose exact FLOPs meet the budget; no curves: speed does not depend
-   on which channels are kept);
+   on which channels are kept). With ``--allocation rd --budget-by
+   latency`` the pruner's budget is a share of the layers' measured time
+   (:mod:`rdprune_mm.channels.latency`, timed once and cached), the largest
+   share (bisection, ``--search-steps``) whose allocation still removes the
+   asked FLOPs;
 2. slims a copy (:func:`rdprune_mm.channels.slim_copy`) and checks that its
    head outputs equal the masked model's;
 3. times, interleaved with the dense model and the other slim models (so
@@ -26,13 +32,17 @@ BatchNorm statistics set from the frame, then for every FLOPs reduction
 FLOPs are measured on both models (2 x multiply-accumulates of every weight
 layer, sparse convs from spconv's active pairs). The table gives the FLOPs
 reduction, the speed-up (median dense latency / median slim latency) and
-their ratio, the efficiency (goal >= 0.7). Writes ``speed.md`` and
+their ratio, the efficiency (goal >= 0.7). It also times the model slimmed
+to one channel per group: the time channels do not change (index
+generation, voxel and box bookkeeping, decoding and NMS), so dense over
+that is the most speed-up any channel allocation can reach. Writes ``speed.md`` and
 ``speed.json`` into ``--work-dir``.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_channel_speed.py \
         [--models centerpoint second] [--full] [--reductions 2 4] \
-        [--allocation rd|uniform] [--num-levels 5] [--repeats 5] \
+        [--allocation rd|uniform] [--budget-by flops|latency] \
+        [--num-levels 5] [--repeats 5] \
         [--work-dir work_dirs/bench_channel_speed]
 """
 from __future__ import annotations
@@ -46,7 +56,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -59,6 +69,7 @@ from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.channels import (find_channel_groups, slim_copy,
                                  total_cost_after)
 from rdprune_mm.channels.masking import apply_channel_mask
+from rdprune_mm.errors import PruningInputError
 from rdprune_mm.fileio import write_json, write_text
 from rdprune_mm.flops import measure_flops
 from rdprune_mm.head_outputs import HeadOutputs
@@ -80,23 +91,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='CPU latency of slim (channel-pruned) detectors against '
         'the dense ones at given FLOPs reductions.')
-    parser.add_argument('--models', nargs='+', default=['centerpoint',
+    parser.add_argument('--models', nargs='*', default=['centerpoint',
                                                         'second'],
                         choices=['centerpoint', 'second'])
     parser.add_argument('--full', action='store_true',
                         help='also CenterPoint voxel 0.1 on its full grid')
+    parser.add_argument('--config',
+                        help='also this channel-pruning config (its '
+                        'calibration frames), with --checkpoint')
+    parser.add_argument('--checkpoint',
+                        help='trained weights of --config')
     parser.add_argument('--reductions', nargs='+', type=float,
                         default=[2.0, 4.0],
                         help='FLOPs reductions (budget = 1 / reduction)')
     parser.add_argument('--allocation', choices=['rd', 'uniform'],
                         default='rd')
+    parser.add_argument('--budget-by', choices=['flops', 'latency'],
+                        default='flops',
+                        help='what the RD pruner\'s budget counts: FLOPs, '
+                        'or the layers\' measured time (the budget then is '
+                        'the largest time share that removes the FLOPs)')
+    parser.add_argument('--search-steps', type=int, default=8,
+                        help='bisection steps of --budget-by latency')
     parser.add_argument('--num-levels', type=int, default=5,
                         help='levels per curve of --allocation rd')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--work-dir',
                         default=osp.join('work_dirs', 'bench_channel_speed'))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.config) != bool(args.checkpoint):
+        parser.error('--config and --checkpoint go together')
+    return args
 
 
 # ------------------------------------------------------------ allocation
@@ -122,8 +148,42 @@ def uniform_keeps(groups, dense_flops: Dict[str, float],
     return {g.name: g.keep_mask(kept[g.name]) for g in groups}
 
 
+def latency_allocation(args, model, batches, flops_budget: float,
+                       cache_dir: str):
+    """RD under the largest time budget whose allocation keeps at most
+    ``flops_budget`` of the FLOPs (bisection on the time share)."""
+    logger = MMLogger.get_current_instance()
+    best, low, high = None, 0.0, 1.0
+    for _ in range(args.search_steps):
+        share = 0.5 * (low + high)
+        masked = copy.deepcopy(model)
+        try:
+            result = RDChannelPruner(
+                budget=share, num_levels=args.num_levels,
+                budget_by='latency').prune(masked, batches,
+                                           cache_dir=cache_dir)
+        except PruningInputError:  # below the least time min_keep allows
+            low = share
+            continue
+        if result.flops_kept <= flops_budget:
+            best, low = (masked, result), share
+        else:
+            high = share
+    if best is None:
+        raise RuntimeError(
+            f'no time budget removes {1 / flops_budget:g}x of the FLOPs; '
+            'raise --search-steps')
+    masked, result = best
+    logger.info(f'time share {result.budget:.4f}: keeps '
+                f'{result.flops_kept:.4f} of the FLOPs and '
+                f'{result.latency_kept:.4f} of the modelled time')
+    return masked, result.keeps
+
+
 def allocate(args, model, batches, budget: float, cache_dir: str):
     """A masked copy of ``model`` and its keep-masks under ``budget``."""
+    if args.allocation == 'rd' and args.budget_by == 'latency':
+        return latency_allocation(args, model, batches, budget, cache_dir)
     masked = copy.deepcopy(model)
     if args.allocation == 'rd':
         pruner = RDChannelPruner(
@@ -178,16 +238,21 @@ def max_difference(a: Dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def bench_model(args, name: str, config: str) -> List[dict]:
+def bench_model(args, name: str, config: str,
+                checkpoint: Optional[str] = None) -> List[dict]:
     logger = MMLogger.get_current_instance()
     cfg = Config.fromfile(config)
-    model, _ = build_detector(cfg)
+    model, _ = build_detector(cfg, checkpoint)
     batches = calibration_batches(cfg, model, cfg.calibration)
-    recalibrate_batchnorm(model, batches)
+    if checkpoint is None:
+        recalibrate_batchnorm(model, batches)
     batch = batches[0]
     cache_dir = osp.join(args.work_dir, 'curves', name)
     dense_flops = total_flops(model, batches)
-    models = {'dense': model}
+    # one channel in every group: the time that channels do not change
+    floor, _ = slim_copy(model, {g.name: g.keep_mask(1)
+                                 for g in find_channel_groups(model)})
+    models = {'dense': model, 'floor': floor}
     rows = []
     for reduction in args.reductions:
         start = time.perf_counter()
@@ -200,6 +265,7 @@ def bench_model(args, name: str, config: str) -> List[dict]:
         models[key] = slim
         rows.append(dict(
             model=name, config=osp.relpath(config, REPO),
+            checkpoint=checkpoint,
             reduction_asked=reduction, allocation=args.allocation,
             flops_dense=dense_flops, flops_slim=total_flops(slim, batches),
             params_dense=sum(p.numel() for p in model.parameters()),
@@ -219,6 +285,8 @@ def bench_model(args, name: str, config: str) -> List[dict]:
             row[f'{kind}_speedup'] = dense / slim
             row[f'{kind}_efficiency'] = (dense / slim) / row[
                 'flops_reduction']
+            row[f'{kind}_floor_s'] = medians['floor'][kind]
+            row[f'{kind}_most_speedup'] = dense / medians['floor'][kind]
     return rows
 
 
@@ -227,7 +295,8 @@ def markdown(rows: Sequence[dict]) -> str:
         '| model | FLOPs dense -> slim (G) | FLOPs reduction | params '
         'dense -> slim (M) | predict dense / slim (s) | predict speed-up | '
         'efficiency | network dense / slim (s) | network speed-up | '
-        'efficiency |', '|' + '---|' * 10
+        'efficiency | predict, one channel per group (s) | most speed-up |',
+        '|' + '---|' * 12
     ]
     for row in rows:
         lines.append(
@@ -241,7 +310,9 @@ def markdown(rows: Sequence[dict]) -> str:
             f"{row['predict_efficiency']:.2f} | "
             f"{row['network_dense_s']:.3f} / {row['network_slim_s']:.3f} | "
             f"{row['network_speedup']:.2f}x | "
-            f"{row['network_efficiency']:.2f} |")
+            f"{row['network_efficiency']:.2f} | "
+            f"{row['predict_floor_s']:.3f} | "
+            f"{row['predict_most_speedup']:.2f}x |")
     return '\n'.join(lines) + '\n'
 
 
@@ -253,12 +324,17 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         rows.extend(bench_model(args, name, CONFIGS[name]))
+    if args.config:
+        name = osp.splitext(osp.basename(args.config))[0] + '_trained'
+        rows.extend(
+            bench_model(args, name, args.config, args.checkpoint))
     table = markdown(rows)
     header = (
         f'CPU: {platform.processor() or platform.machine()}, torch '
         f'{torch.__version__}, {torch.get_num_threads()} thread(s), '
         f'allocation {args.allocation}'
-        + (f' ({args.num_levels} levels)' if args.allocation == 'rd' else '')
+        + (f' ({args.num_levels} levels, budget by {args.budget_by})'
+           if args.allocation == 'rd' else '')
         + f', median of {args.repeats} after {args.warmup} warm-up; '
         'speed-up = dense / slim latency; efficiency = speed-up / FLOPs '
         'reduction (goal >= 0.7)\n\n')

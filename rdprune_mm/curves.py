@@ -29,17 +29,19 @@ from .targets import PruningTarget
 
 
 class CurveCache:
-    """Curves of one fingerprint, in ``<folder>/curves-<key[:16]>.json``.
+    """Curves of one fingerprint, in ``<folder>/<prefix>-<key[:16]>.json``.
 
     Args:
         folder: Where cache files live (None: no cache).
         key: The fingerprint the curves belong to.
+        prefix: Start of the file name.
     """
 
-    def __init__(self, folder: Optional[str], key: str) -> None:
+    def __init__(self, folder: Optional[str], key: str,
+                 prefix: str = 'curves') -> None:
         self.key = key
-        self.path = (
-            osp.join(folder, f'curves-{key[:16]}.json') if folder else None)
+        self.path = (osp.join(folder, f'{prefix}-{key[:16]}.json')
+                     if folder else None)
         self.curves: Dict[str, List[float]] = {}
         if self.path and osp.isfile(self.path):
             with open(self.path) as f:
@@ -54,7 +56,12 @@ class CurveCache:
         return np.asarray(self.curves[name], dtype=np.float64)
 
     def __setitem__(self, name: str, curve: np.ndarray) -> None:
-        self.curves[name] = [float(v) for v in curve]
+        self.update({name: curve})
+
+    def update(self, curves: Dict[str, Sequence[float]]) -> None:
+        """Store several curves with one write."""
+        for name, curve in curves.items():
+            self.curves[name] = [float(v) for v in curve]
         if self.path:
             write_json(self.path, dict(key=self.key, curves=self.curves))
 

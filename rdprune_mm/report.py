@@ -10,7 +10,10 @@ from .pruners.weight_pruner import PruningResult
 _UNIT_DESCRIPTIONS = dict(
     params='share of the prunable layers\' weights kept',
     flops='share of the prunable layers\' FLOPs (2 x multiply-accumulates '
-    'of their weights, measured on the calibration frames) kept')
+    'of their weights, measured on the calibration frames) kept',
+    latency='share of the pruned layers\' time per frame kept, modelled '
+    'from times measured on slim copies on this machine (see '
+    'cost_model.latency)')
 
 
 def _finite(value: float) -> Optional[float]:

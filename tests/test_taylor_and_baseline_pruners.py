@@ -12,6 +12,7 @@ from conftest import QUICK_CENTERPOINT, REPO, load_tool
 from rdprune_mm.apis import build_detector
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.channels import find_channel_groups
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.registry import PRUNERS
 from rdprune_mm.sketch import GradientSketch
@@ -167,3 +168,19 @@ def test_baseline_configs_differ_from_rd_only_in_the_allocation(allocation):
     assert pruner == rd_pruner
     PRUNERS.build(dict(pruner, type='MagnitudeWeightPruner',
                        allocation=allocation))
+
+
+def test_channel_config_prunes_the_same_model_on_the_same_frames():
+    """The channel config of the demo's SECOND calibrates like the weight
+    config and finds groups in the sparse encoder, backbone and neck."""
+    folder = osp.join(REPO, 'configs', 'kitti_like')
+    weight = Config.fromfile(
+        osp.join(folder, 'rd-weight_second_tiny_kitti-like.py'))
+    channel = Config.fromfile(
+        osp.join(folder, 'rd-channel_second_tiny_kitti-like.py'))
+    assert channel.pruner.type == 'RDChannelPruner'
+    assert channel.model == weight.model
+    assert channel.calibration == weight.calibration
+    model, _ = build_detector(channel)
+    parts = {g.name.split('.')[0] for g in find_channel_groups(model)}
+    assert parts == {'middle_encoder', 'backbone', 'neck'}

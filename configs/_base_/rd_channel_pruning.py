@@ -10,7 +10,9 @@ pruner = dict(
     # touch to keep, in (0, 1]; met by the exact cost of the allocation
     budget=0.5,
     # 'flops' (measured on the calibration frames; sparse convs from
-    # spconv's active input-output pairs) or 'params'
+    # spconv's active input-output pairs), 'params', or 'latency': time per
+    # frame on the model's device, from a per-layer model fitted to slim
+    # copies timed at latency_shares (cached beside the curves)
     budget_by='flops',
     # kept shares 1, 0.9, ..., 0 of every group, rounded to channel counts
     # (one pass of the calibration set per group and level)
@@ -28,7 +30,11 @@ pruner = dict(
     head_modules=None,
     # bisection steps that raise the allocator's (separable) budget while
     # the exact cost stays within the budget
-    search_steps=12)
+    search_steps=12,
+    # budget_by='latency': uniform kept shares the layers are timed at, and
+    # timed passes per share (their median counts)
+    latency_shares=(1.0, 0.75, 0.5, 0.25),
+    latency_repeats=3)
 
 # one frame per batch, preprocessed once; either the config's dataloader
 # with its dataset fields overridden, or calibration = dict(frames=[...])

@@ -10,6 +10,7 @@ physical slimming.
   :func:`apply_structure` rebuild a slimmed model from its config;
 * :func:`check_channel_groups` checks the groups on a real forward pass;
 * :func:`separable_costs` gives the allocator per-group cost tables;
+  :mod:`.latency` does the same for time per frame measured on slim copies;
 * :func:`slim_copy` / :func:`write_slim_outputs` export a slim model that
   ``type='SlimDetector'`` (:func:`build_slim_detector`) rebuilds from a
   config.

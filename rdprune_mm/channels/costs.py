@@ -37,7 +37,7 @@ the exact cost allows
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -70,26 +70,29 @@ def channel_counts(groups: Sequence[ChannelGroup],
     return counts
 
 
-def _coverage(groups: Sequence[ChannelGroup],
-              dense_costs: Mapping[str, float]
-              ) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
-    """Per layer and side (``out`` / ``in``): (group index, axis share)."""
-    coverage: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
+def coverage(groups: Sequence[ChannelGroup],
+             layer_names: Iterable[str]
+             ) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
+    """Per layer of ``layer_names`` that a group touches, and per side
+    (``out`` / ``in``): the (group index, axis share) of those groups."""
+    layer_names = set(layer_names)
+    by_layer: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
     for index, group in enumerate(groups):
         for side, layers in (('out', group.producers),
                              ('in', group.consumers)):
             for layer in layers:
-                if layer.name not in dense_costs:
+                if layer.name not in layer_names:
                     continue
                 share = group.num_channels * layer.width / layer.axis_size
-                sides = coverage.setdefault(layer.name, {'out': [], 'in': []})
+                sides = by_layer.setdefault(layer.name, {'out': [], 'in': []})
                 sides[side].append((index, share))
-    return coverage
+    return by_layer
 
 
 def separable_costs(groups: Sequence[ChannelGroup],
                     counts: Sequence[np.ndarray],
-                    dense_costs: Mapping[str, float]
+                    dense_costs: Mapping[str, float],
+                    linear: bool = False
                     ) -> Tuple[List[np.ndarray], float]:
     """Per-group cost tables whose sum bounds the exact cost from above.
 
@@ -101,6 +104,9 @@ def separable_costs(groups: Sequence[ChannelGroup],
             (:func:`channel_counts`).
         dense_costs: Unpruned cost per weight layer name; layers no group
             touches add their whole cost to ``fixed``.
+        linear: Costs that grow with the mean kept share of the sides the
+            groups prune (``C * (o + i) / 2``, or ``C * o`` with groups on
+            one side) instead of the product: the tables are then exact.
 
     Returns:
         tuple: Per group a float64 table of its cost at every level, and
@@ -112,16 +118,16 @@ def separable_costs(groups: Sequence[ChannelGroup],
     tables = [np.zeros(len(c), dtype=np.float64) for c in counts]
     kept = [np.asarray(c, dtype=np.float64) / g.num_channels
             for g, c in zip(groups, counts)]
-    coverage = _coverage(groups, dense_costs)
+    sides_of = coverage(groups, dense_costs)
     fixed = 0.0
     for name, cost in dense_costs.items():
-        sides = [entries for entries in coverage.get(name, {}).values()
+        sides = [entries for entries in sides_of.get(name, {}).values()
                  if entries]
         if not sides:
             fixed += float(cost)
             continue
         # linear (exact) with groups on one side, the bound with both
-        power = 1 if len(sides) == 1 else 2
+        power = 1 if linear or len(sides) == 1 else 2
         weight = float(cost) / len(sides)
         for entries in sides:
             covered = 0.0

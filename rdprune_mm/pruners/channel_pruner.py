@@ -21,6 +21,7 @@ never exceeds the budget.
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -37,6 +38,8 @@ from ..channels import (ChannelGroup, apply_channel_mask, cost_after,
                         masked_channels, total_cost_after)
 from ..channels.costs import channel_counts, separable_costs
 from ..channels.groups import SCORE_KINDS
+from ..channels.latency import (LATENCY_SHARES, LatencyModel,
+                                fit_latency_model, measure_latency_model)
 from ..curves import CurveCache
 from ..errors import PruningInputError
 from ..fileio import fingerprint
@@ -48,6 +51,9 @@ from ..targets import PruningTarget, find_targets
 from .weight_pruner import BUDGET_UNITS, KeptShares
 
 CHANNEL_CURVES_VERSION = 1
+#: ``budget_by`` of channel pruning: weight pruning's units, and measured
+#: time per frame (:mod:`rdprune_mm.channels.latency`).
+CHANNEL_BUDGET_UNITS = (*BUDGET_UNITS, 'latency')
 
 
 @dataclass
@@ -87,6 +93,8 @@ class LayerCost:
     params_after: float
     flops_before: float
     flops_after: float
+    latency_before: Optional[float] = None
+    latency_after: Optional[float] = None
 
 
 @dataclass
@@ -112,10 +120,39 @@ class ChannelPruningResult(KeptShares):
     allocator_budget: float = 1.0
     separable_cost: float = 1.0
     exclude: List[str] = field(default_factory=list)
+    latency: Optional[LatencyModel] = field(default=None, repr=False)
 
     @property
     def layers(self) -> List[GroupAllocation]:
         return self.groups
+
+    @property
+    def latency_before(self) -> Optional[float]:
+        """Modelled seconds per frame of the layers, unpruned (None
+        unless ``budget_by='latency'``)."""
+        if self.latency is None:
+            return None
+        return math.fsum(layer.latency_before for layer in self.layer_costs)
+
+    @property
+    def latency_after(self) -> Optional[float]:
+        """Modelled seconds per frame of the layers after pruning."""
+        if self.latency is None:
+            return None
+        return math.fsum(layer.latency_after for layer in self.layer_costs)
+
+    @property
+    def latency_kept(self) -> Optional[float]:
+        """Share of the layers' modelled time that is kept."""
+        if self.latency is None:
+            return None
+        return self.latency_after / self.latency_before
+
+    @property
+    def achieved_budget(self) -> float:
+        if self.budget_by == 'latency':
+            return self.latency_kept
+        return super().achieved_budget
 
     @property
     def masks(self):
@@ -144,6 +181,15 @@ class ChannelPruningResult(KeptShares):
     def report_fields(self) -> dict:
         """What ``allocation.json`` adds for channel pruning: the cost
         model and every weight layer's exact cost."""
+        latency = None if self.latency is None else dict(
+            description='seconds per frame of every layer, t = quadratic * '
+            'o * i + linear * p + constant (o, i: kept out/in shares; p: '
+            'their mean over the pruned sides), fitted to times measured on '
+            'slim copies at uniform shares',
+            seconds_before=self.latency_before,
+            seconds_after=self.latency_after,
+            kept=self.latency_kept,
+            **self.latency.to_dict())
         return dict(
             pruning='channels',
             cost_model=dict(
@@ -153,7 +199,8 @@ class ChannelPruningResult(KeptShares):
                 'share squared; totals and budget.achieved are exact '
                 '(kept out share x kept in share per layer)',
                 allocator_budget=self.allocator_budget,
-                separable_cost=self.separable_cost),
+                separable_cost=self.separable_cost,
+                latency=latency),
             exclude=list(self.exclude),
             weight_layers=[asdict(layer) for layer in self.layer_costs])
 
@@ -171,6 +218,7 @@ class _Setup:
     measure: Callable[[], float]
     unpruned: float
     reference: list
+    latency: Optional[LatencyModel] = None
 
 
 @PRUNERS.register_module()
@@ -196,10 +244,16 @@ class RDChannelPruner:
         head_modules: Modules whose outputs define the distortion (None:
             the detector's detection head).
         budget_by: ``'flops'`` (measured on the calibration frames, sparse
-            convs from their active pairs) or ``'params'``.
+            convs from their active pairs), ``'params'``, or ``'latency'``
+            (time per frame on the model's device, from a per-layer model
+            fitted to slim copies timed at ``latency_shares``; see
+            :mod:`rdprune_mm.channels.latency`).
         resolution: Budget units of the allocator's dynamic program.
         search_steps: Bisection steps that raise the allocator's budget
             while the exact cost stays within the budget (0: none).
+        latency_shares: Uniform kept shares at which ``'latency'`` times
+            the layers (at least 2, one of them 1).
+        latency_repeats: Timed passes per share (their median counts).
     """
 
     def __init__(self,
@@ -212,7 +266,9 @@ class RDChannelPruner:
                  head_modules: Optional[Sequence[str]] = None,
                  budget_by: str = 'flops',
                  resolution: int = 10_000,
-                 search_steps: int = 12) -> None:
+                 search_steps: int = 12,
+                 latency_shares: Sequence[float] = LATENCY_SHARES,
+                 latency_repeats: int = 3) -> None:
         if not 0 < budget <= 1:
             raise PruningInputError(
                 f'budget {budget} is outside (0, 1]: it is the share of '
@@ -221,10 +277,20 @@ class RDChannelPruner:
         if not 0 <= min_keep <= 1:
             raise PruningInputError(
                 f'min_keep {min_keep} is outside [0, 1]; fix pruner.min_keep')
-        if budget_by not in BUDGET_UNITS:
+        if budget_by not in CHANNEL_BUDGET_UNITS:
             raise PruningInputError(
-                f'budget_by {budget_by!r} is not one of {BUDGET_UNITS}; fix '
-                'pruner.budget_by')
+                f'budget_by {budget_by!r} is not one of '
+                f'{CHANNEL_BUDGET_UNITS}; fix pruner.budget_by')
+        if (len(latency_shares) < 2 or 1.0 not in latency_shares
+                or not all(0 < s <= 1 for s in latency_shares)):
+            raise PruningInputError(
+                f'latency_shares {list(latency_shares)} must hold 1 and at '
+                'least one other share in (0, 1), e.g. (1, 0.75, 0.5, '
+                '0.25); fix pruner.latency_shares')
+        if latency_repeats < 1:
+            raise PruningInputError(
+                f'latency_repeats {latency_repeats} < 1; set '
+                'pruner.latency_repeats >= 1')
         if ranking not in SCORE_KINDS:
             raise PruningInputError(
                 f'ranking {ranking!r} is not one of {SCORE_KINDS}; fix '
@@ -247,6 +313,8 @@ class RDChannelPruner:
         self.budget_by = budget_by
         self.resolution = resolution
         self.search_steps = search_steps
+        self.latency_shares = tuple(float(s) for s in latency_shares)
+        self.latency_repeats = latency_repeats
 
     @property
     def exclude(self) -> List[str]:
@@ -374,8 +442,52 @@ class RDChannelPruner:
             print()
         return {g.name: cache[g.name] for g in setup.groups}
 
+    # ------------------------------------------------------------ latency
+    @torch.no_grad()
+    def latency_model(self, model: nn.Module, setup: _Setup, batch: dict,
+                      cache_dir: Optional[str] = None) -> LatencyModel:
+        """The layers' latency model on this machine, cached beside the
+        curves: the key is the architecture, the groups, the frame (through
+        its reference outputs), the timing settings, the device, the thread
+        count and the torch version."""
+        logger = MMLogger.get_current_instance()
+        device = next(model.parameters()).device
+        key = fingerprint(
+            sorted(setup.reference[0].items()),
+            extra=dict(architecture=str(model),
+                       groups={g.name: g.num_channels for g in setup.groups},
+                       shares=self.latency_shares,
+                       repeats=self.latency_repeats,
+                       device=str(device),
+                       device_name=(torch.cuda.get_device_name(device)
+                                    if device.type == 'cuda' else
+                                    platform.processor()
+                                    or platform.machine()),
+                       threads=torch.get_num_threads(),
+                       torch=torch.__version__))
+        cache = CurveCache(cache_dir, key, prefix='latency')
+        names = [t.name for t in setup.targets]
+        if all(name in cache for name in names):
+            logger.info(f'latency: {len(names)} layers loaded from '
+                        f'{cache.path}')
+            return fit_latency_model(setup.groups, self.latency_shares,
+                                     {name: cache[name] for name in names})
+        logger.info(f'latency: timing {len(names)} layers on slim copies '
+                    f'at kept shares {list(self.latency_shares)} on {device}'
+                    f' ({self.latency_repeats} passes each)')
+        progress = ProgressBar(len(self.latency_shares))
+        latency = measure_latency_model(
+            model, setup.groups, batch, names, self.exclude,
+            self.head_modules, self.latency_shares, self.latency_repeats,
+            progress=progress)
+        print()
+        cache.update({name: latency.measured[name] for name in names})
+        return latency
+
     # ------------------------------------------------------------ costs
     def _dense_costs(self, setup: _Setup) -> Dict[str, float]:
+        if self.budget_by == 'latency':
+            return setup.latency.dense
         return setup.flops if self.budget_by == 'flops' else setup.params
 
     @staticmethod
@@ -384,8 +496,17 @@ class RDChannelPruner:
                 for g, c, level in zip(setup.groups, setup.counts, levels)}
 
     def _exact(self, setup: _Setup, levels: Sequence[int]) -> float:
-        return total_cost_after(setup.groups, self._keep_counts(setup, levels),
+        counts = self._keep_counts(setup, levels)
+        if self.budget_by == 'latency':
+            return setup.latency.total_after(setup.groups, counts)
+        return total_cost_after(setup.groups, counts,
                                 self._dense_costs(setup))
+
+    def _separable(self, setup: _Setup) -> Tuple[List[np.ndarray], float]:
+        if self.budget_by == 'latency':
+            return setup.latency.separable(setup.groups, setup.counts)
+        return separable_costs(setup.groups, setup.counts,
+                               self._dense_costs(setup))
 
     def _solve(self, curves: List[np.ndarray], tables: List[np.ndarray],
                fixed: float, budget: float) -> Optional[Allocation]:
@@ -430,9 +551,8 @@ class RDChannelPruner:
             PruningInputError: If even the fewest channels that
                 ``min_keep`` allows exceed the budget.
         """
-        dense = self._dense_costs(setup)
-        total = math.fsum(dense.values())
-        tables, fixed = separable_costs(setup.groups, setup.counts, dense)
+        total = math.fsum(self._dense_costs(setup).values())
+        tables, fixed = self._separable(setup)
         if self.budget >= 1:  # everything fits: nothing to prune
             levels = (0, ) * len(setup.groups)
             return levels, total, fixed + math.fsum(t[0] for t in tables)
@@ -477,6 +597,10 @@ class RDChannelPruner:
         fractions = layer_fractions(setup.groups, counts)
         params = cost_after(setup.groups, counts, setup.params)
         flops = cost_after(setup.groups, counts, setup.flops)
+        latency_before = latency_after = {}
+        if setup.latency is not None:
+            latency_before = setup.latency.dense
+            latency_after = setup.latency.after(setup.groups, counts)
         return [
             LayerCost(
                 name=t.name,
@@ -486,7 +610,10 @@ class RDChannelPruner:
                 params_before=t.num_params,
                 params_after=params[t.name],
                 flops_before=setup.flops[t.name],
-                flops_after=flops[t.name]) for t in setup.targets
+                flops_after=flops[t.name],
+                latency_before=latency_before.get(t.name),
+                latency_after=latency_after.get(t.name))
+            for t in setup.targets
         ]
 
     def _group_allocations(self, setup: _Setup, levels: Sequence[int],
@@ -548,6 +675,9 @@ class RDChannelPruner:
         logger.info(f'{len(setup.groups)} channel groups over '
                     f'{len(setup.targets)} layers, {len(batches)} '
                     f'calibration frame(s), {self.ranking} ranking')
+        if self.budget_by == 'latency':
+            setup.latency = self.latency_model(model, setup, batches[0],
+                                               cache_dir)
         if self.budget < 1:
             self._check_budget(setup)  # before any curve is measured
         curves = self.channel_curves(model, setup, cache_dir)
@@ -575,12 +705,18 @@ class RDChannelPruner:
             budget_by=self.budget_by,
             allocator_budget=dp_budget / total,
             separable_cost=separable / total,
-            exclude=self.exclude)
+            exclude=self.exclude,
+            latency=setup.latency)
         logger.info(
             f'kept {result.flops_after:,.0f} of {result.flops_before:,.0f} '
             f'FLOPs ({result.flops_kept:.4f}) and '
             f'{result.params_after:,.0f} of {result.params_before:,} '
-            f'weights ({result.params_kept:.4f}); asked {self.budget} of '
+            f'weights ({result.params_kept:.4f}); '
+            + ('' if result.latency is None else
+               f'{result.latency_after * 1e3:.4g} of '
+               f'{result.latency_before * 1e3:.4g} ms of the layers\' time '
+               f'({result.latency_kept:.4f}, modelled); ') +
+            f'asked {self.budget} of '
             f'the {self.budget_by}; distortion predicted '
             f'{result.predicted_distortion:.4g}, measured '
             f'{result.measured_distortion:.4g} (ratio '

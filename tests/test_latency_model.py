@@ -1,12 +1,15 @@
 """budget_by='latency': the per-layer latency model (fit, exact cost and the
 allocator's separable bound) and the pruner's time budget on the toy
 network of test_channel_pruner, with real timings."""
+import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from rdprune_mm.channels import find_channel_groups, slim_copy
+from rdprune_mm.channels import find_channel_groups, latency, slim_copy
 from rdprune_mm.channels.costs import channel_counts
 from rdprune_mm.channels.latency import (LATENCY_SHARES, LatencyModel,
                                          fit_latency_model, kept_shares,
@@ -14,7 +17,7 @@ from rdprune_mm.channels.latency import (LATENCY_SHARES, LatencyModel,
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.pruners import channel_pruner
 from rdprune_mm.report import allocation_report
-from test_channel_pruner import tiny_pruner, tiny_setup
+from test_channel_pruner import TinyDetector, tiny_pruner, tiny_setup
 
 LAYERS = ['conv1', 'conv2', 'conv3', 'head']
 
@@ -105,11 +108,26 @@ def test_separable_tables_bound_the_exact_time(seed):
         assert exact <= bound * (1 + 1e-12)
 
 
-def test_time_layers_sums_every_call_of_a_layer():
-    model, batches = tiny_setup()
-    seconds = time_layers(model, batches[0], LAYERS, ['head'], repeats=2)
-    assert set(seconds) == set(LAYERS)
-    assert all(s > 0 for s in seconds.values())
+class ConvTwice(TinyDetector):
+    """The toy network with conv3 applied twice per pass."""
+
+    def forward(self, inputs, data_samples=None, mode='predict'):
+        a = torch.relu(self.bn1(self.conv1(inputs)))
+        b = torch.relu(self.bn2(self.conv2(a)))
+        c = torch.relu(self.bn3(self.conv3(a) + self.conv3(a)))
+        return self.head(torch.cat([b, c], 1))
+
+
+def test_time_layers_sums_every_call_of_a_layer(monkeypatch):
+    torch.manual_seed(0)
+    model = ConvTwice().eval()
+    _, batches = tiny_setup()
+    ticks = itertools.count()
+    # a clock that advances one unit per reading: every call lasts 1
+    monkeypatch.setattr(latency, 'time',
+                        SimpleNamespace(perf_counter=lambda: next(ticks)))
+    seconds = time_layers(model, batches[0], LAYERS, ['head'], repeats=3)
+    assert seconds == dict(conv1=1, conv2=1, conv3=2, head=1)
 
 
 def test_latency_budget_met_and_the_timings_cached(tmp_path, monkeypatch):

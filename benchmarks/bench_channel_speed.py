@@ -15,11 +15,15 @@ Then, for every FLOPs reduction (2x and 4x by default):
    curve, curves cached in the work dir and shared by both budgets) or with
    one kept share for every group (``--allocation uniform``, the largest
    share whose exact FLOPs meet the budget; no curves: speed does not depend
-   on which channels are kept). With ``--allocation rd --budget-by
+   on which channels are kept), or with the least modelled time whose FLOPs
+   meet the budget, distortion ignored (``--allocation fastest``: what any
+   allocation could reach on this machine). With ``--allocation rd --budget-by
    latency`` the pruner's budget is a share of the layers' measured time
    (:mod:`rdprune_mm.channels.latency`, timed once and cached), the largest
    share (bisection, ``--search-steps``) whose allocation still removes the
-   asked FLOPs;
+   asked FLOPs. ``--budget-by flops --time-over-flops R`` keeps the FLOPs
+   budget and caps the layers' modelled time at ``R`` times it (the
+   pruner's ``latency_budget``);
 2. slims a copy (:func:`rdprune_mm.channels.slim_copy`) and checks that its
    head outputs equal the masked model's;
 3. times, interleaved with the dense model and the other slim models (so
@@ -35,13 +39,16 @@ reduction, the speed-up (median dense latency / median slim latency) and
 their ratio, the efficiency (goal >= 0.7). It also times the model slimmed
 to one channel per group: the time channels do not change (index
 generation, voxel and box bookkeeping, decoding and NMS), so dense over
-that is the most speed-up any channel allocation can reach. Writes ``speed.md`` and
-``speed.json`` into ``--work-dir``.
+that is the most speed-up any channel allocation can reach. RD rows also
+give the measured distortion of the allocation and the share of the
+layers' modelled time it keeps. Writes ``speed.md`` and ``speed.json`` into
+``--work-dir``.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_channel_speed.py \
         [--models centerpoint second] [--full] [--reductions 2 4] \
         [--allocation rd|uniform] [--budget-by flops|latency] \
+        [--time-over-flops 1.25] \
         [--num-levels 5] [--repeats 5] \
         [--work-dir work_dirs/bench_channel_speed]
 """
@@ -66,13 +73,17 @@ import rdprune_mm
 from rdprune_mm.apis import build_detector
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.allocator import allocate as allocate_levels
 from rdprune_mm.channels import (find_channel_groups, slim_copy,
                                  total_cost_after)
+from rdprune_mm.channels.costs import channel_counts, separable_costs
+from rdprune_mm.channels.latency import measure_latency_model
 from rdprune_mm.channels.masking import apply_channel_mask
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.fileio import write_json, write_text
 from rdprune_mm.flops import measure_flops
 from rdprune_mm.head_outputs import HeadOutputs
+from rdprune_mm.masks import sparsity_grid
 from rdprune_mm.pruners import RDChannelPruner
 from rdprune_mm.targets import find_targets
 
@@ -104,13 +115,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--reductions', nargs='+', type=float,
                         default=[2.0, 4.0],
                         help='FLOPs reductions (budget = 1 / reduction)')
-    parser.add_argument('--allocation', choices=['rd', 'uniform'],
-                        default='rd')
+    parser.add_argument('--allocation', choices=['rd', 'uniform', 'fastest'],
+                        default='rd',
+                        help='rd: RDChannelPruner; uniform: one kept share '
+                        'for every group; fastest: the least modelled time '
+                        'at the FLOPs budget, distortion ignored (what any '
+                        'allocation could reach)')
     parser.add_argument('--budget-by', choices=['flops', 'latency'],
                         default='flops',
                         help='what the RD pruner\'s budget counts: FLOPs, '
                         'or the layers\' measured time (the budget then is '
                         'the largest time share that removes the FLOPs)')
+    parser.add_argument('--time-over-flops', type=float,
+                        help='with --budget-by flops, also cap the layers\' '
+                        'modelled time at this multiple of the FLOPs budget '
+                        '(RDChannelPruner latency_budget; e.g. 1.25 asks '
+                        'the pruned layers for a speed-up of 0.8x the FLOPs '
+                        'reduction)')
     parser.add_argument('--search-steps', type=int, default=8,
                         help='bisection steps of --budget-by latency')
     parser.add_argument('--num-levels', type=int, default=5,
@@ -122,6 +143,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.config) != bool(args.checkpoint):
         parser.error('--config and --checkpoint go together')
+    if args.time_over_flops is not None and (
+            args.allocation != 'rd' or args.budget_by != 'flops'
+            or args.time_over_flops <= 0):
+        parser.error('--time-over-flops is a positive multiple and goes '
+                     'with --allocation rd --budget-by flops')
     return args
 
 
@@ -177,26 +203,78 @@ def latency_allocation(args, model, batches, flops_budget: float,
     logger.info(f'time share {result.budget:.4f}: keeps '
                 f'{result.flops_kept:.4f} of the FLOPs and '
                 f'{result.latency_kept:.4f} of the modelled time')
-    return masked, result.keeps
+    return masked, result
 
 
 def allocate(args, model, batches, budget: float, cache_dir: str):
-    """A masked copy of ``model`` and its keep-masks under ``budget``."""
+    """A masked copy of ``model`` and the pruning result under ``budget``
+    (for ``--allocation uniform``, the keep-masks alone)."""
     if args.allocation == 'rd' and args.budget_by == 'latency':
         return latency_allocation(args, model, batches, budget, cache_dir)
     masked = copy.deepcopy(model)
     if args.allocation == 'rd':
+        cap = (None if args.time_over_flops is None else
+               min(1.0, args.time_over_flops * budget))
         pruner = RDChannelPruner(
-            budget=budget, num_levels=args.num_levels, budget_by='flops')
-        result = pruner.prune(masked, batches, cache_dir=cache_dir)
-        return masked, result.keeps
+            budget=budget, num_levels=args.num_levels, budget_by='flops',
+            latency_budget=cap)
+        return masked, pruner.prune(masked, batches, cache_dir=cache_dir)
     groups = find_channel_groups(masked)
     targets = find_targets(masked)
     dense = measure_flops(masked, targets, batches, HeadOutputs(masked))
-    keeps = uniform_keeps(groups, dense, budget)
+    if args.allocation == 'fastest':
+        keeps = fastest_keeps(groups, targets, dense, masked, batches[0],
+                              budget, args.num_levels)
+    else:
+        keeps = uniform_keeps(groups, dense, budget)
     for group in groups:
         apply_channel_mask(group, keeps[group.name])
-    return masked, keeps
+    return masked, dict(keeps=keeps)
+
+
+def allocation_fields(result) -> dict:
+    """Distortion and modelled time of an RD allocation (None for
+    uniform)."""
+    if isinstance(result, dict):
+        return dict(predicted_distortion=None, measured_distortion=None,
+                    modelled_time_kept=None, latency_budget=None)
+    return dict(predicted_distortion=result.predicted_distortion,
+                measured_distortion=result.measured_distortion,
+                modelled_time_kept=result.latency_kept,
+                latency_budget=(result.budget if result.budget_by ==
+                                'latency' else result.latency_budget))
+
+
+def fastest_keeps(groups, targets, dense_flops: Dict[str, float],
+                  model, batch: dict, budget: float,
+                  num_levels: int) -> Dict[str, torch.Tensor]:
+    """Keep-masks of the least modelled time (layers timed on slim copies,
+    :func:`measure_latency_model`) whose exact FLOPs keep at most
+    ``budget``, distortion ignored: the allocator minimizes time with the
+    removed FLOPs (separable) as the cost, and the removal it may spend is
+    bisected down to the least that meets the budget exactly."""
+    names = [t.name for t in targets]
+    latency = measure_latency_model(model, groups, batch, names)
+    counts = channel_counts(groups, 1.0 - sparsity_grid(num_levels))
+    times, _ = latency.separable(groups, counts)
+    flop_tables, _ = separable_costs(groups, counts, dense_flops)
+    removed = [t[0] - t for t in flop_tables]
+    total = sum(dense_flops.values())
+
+    def kept(limit: float) -> Dict[str, int]:
+        levels = allocate_levels(times, removed, limit).levels
+        return {g.name: int(c[k]) for g, c, k in zip(groups, counts, levels)}
+
+    low, high = 0.0, sum(float(r.max()) for r in removed)
+    for _ in range(30):
+        middle = 0.5 * (low + high)
+        if total_cost_after(groups, kept(middle),
+                            dense_flops) <= budget * total:
+            high = middle
+        else:
+            low = middle
+    chosen = kept(high)
+    return {g.name: g.keep_mask(chosen[g.name]) for g in groups}
 
 
 # ------------------------------------------------------------ timing
@@ -256,8 +334,9 @@ def bench_model(args, name: str, config: str,
     rows = []
     for reduction in args.reductions:
         start = time.perf_counter()
-        masked, keeps = allocate(args, model, batches, 1.0 / reduction,
-                                 cache_dir)
+        masked, result = allocate(args, model, batches, 1.0 / reduction,
+                                  cache_dir)
+        keeps = result['keeps'] if isinstance(result, dict) else result.keeps
         slim, _ = slim_copy(masked, keeps)
         difference = max_difference(
             HeadOutputs(masked)(batch), HeadOutputs(slim)(batch))
@@ -271,6 +350,7 @@ def bench_model(args, name: str, config: str,
             params_dense=sum(p.numel() for p in model.parameters()),
             params_slim=sum(p.numel() for p in slim.parameters()),
             masked_vs_slim_max_abs=difference,
+            **allocation_fields(result),
             allocation_seconds=time.perf_counter() - start, key=key))
         del masked
     logger.info(f'{name}: timing {list(models)} ({args.warmup} warm-up + '
@@ -295,9 +375,14 @@ def markdown(rows: Sequence[dict]) -> str:
         '| model | FLOPs dense -> slim (G) | FLOPs reduction | params '
         'dense -> slim (M) | predict dense / slim (s) | predict speed-up | '
         'efficiency | network dense / slim (s) | network speed-up | '
-        'efficiency | predict, one channel per group (s) | most speed-up |',
-        '|' + '---|' * 12
+        'efficiency | predict, one channel per group (s) | most speed-up | '
+        'distortion (measured) | layers\' time kept (modelled) |',
+        '|' + '---|' * 14
     ]
+
+    def optional(value) -> str:
+        return '' if value is None else f'{value:.3f}'
+
     for row in rows:
         lines.append(
             f"| {row['model']} {row['key']} | {row['flops_dense'] / 1e9:.2f}"
@@ -312,7 +397,9 @@ def markdown(rows: Sequence[dict]) -> str:
             f"{row['network_speedup']:.2f}x | "
             f"{row['network_efficiency']:.2f} | "
             f"{row['predict_floor_s']:.3f} | "
-            f"{row['predict_most_speedup']:.2f}x |")
+            f"{row['predict_most_speedup']:.2f}x | "
+            f"{optional(row['measured_distortion'])} | "
+            f"{optional(row['modelled_time_kept'])} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -333,7 +420,10 @@ def main(argv=None) -> int:
         f'CPU: {platform.processor() or platform.machine()}, torch '
         f'{torch.__version__}, {torch.get_num_threads()} thread(s), '
         f'allocation {args.allocation}'
-        + (f' ({args.num_levels} levels, budget by {args.budget_by})'
+        + (f' ({args.num_levels} levels, budget by {args.budget_by}'
+           + ('' if args.time_over_flops is None else
+              f', layers\' time capped at {args.time_over_flops:g} x the '
+              'FLOPs budget') + ')'
            if args.allocation == 'rd' else '')
         + f', median of {args.repeats} after {args.warmup} warm-up; '
         'speed-up = dense / slim latency; efficiency = speed-up / FLOPs '

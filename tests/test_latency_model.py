@@ -1,8 +1,10 @@
 """budget_by='latency': the per-layer latency model (fit, exact cost and the
 allocator's separable bound) and the pruner's time budget on the toy
 network of test_channel_pruner, with real timings."""
+import copy
 import itertools
 import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,14 +12,15 @@ import pytest
 import torch
 
 from rdprune_mm.channels import find_channel_groups, latency, slim_copy
-from rdprune_mm.channels.costs import channel_counts
+from rdprune_mm.channels.costs import channel_counts, separable_costs
 from rdprune_mm.channels.latency import (LATENCY_SHARES, LatencyModel,
                                          fit_latency_model, kept_shares,
                                          time_layers)
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.pruners import channel_pruner
 from rdprune_mm.report import allocation_report
-from test_channel_pruner import TinyDetector, tiny_pruner, tiny_setup
+from test_channel_pruner import (TinyDetector, dense_costs, tiny_pruner,
+                                 tiny_setup)
 
 LAYERS = ['conv1', 'conv2', 'conv3', 'head']
 
@@ -130,6 +133,28 @@ def test_time_layers_sums_every_call_of_a_layer(monkeypatch):
     assert seconds == dict(conv1=1, conv2=1, conv3=2, head=1)
 
 
+class SlowAfterConv1(TinyDetector):
+    """The toy network with a slow weightless step after conv1's
+    BatchNorm (as a reshape or concatenation would be)."""
+
+    def forward(self, inputs, data_samples=None, mode='predict'):
+        a = self.bn1(self.conv1(inputs))
+        time.sleep(0.2)
+        a = torch.relu(a)
+        b = torch.relu(self.bn2(self.conv2(a)))
+        c = torch.relu(self.bn3(self.conv3(a)))
+        return self.head(torch.cat([b, c], 1))
+
+
+def test_time_layers_counts_what_follows_a_layer_up_to_the_next():
+    torch.manual_seed(0)
+    model = SlowAfterConv1().eval()
+    _, batches = tiny_setup()
+    seconds = time_layers(model, batches[0], LAYERS, ['head'], repeats=1)
+    assert seconds['conv1'] >= 0.2
+    assert all(seconds[name] < 0.2 for name in LAYERS if name != 'conv1')
+
+
 def test_latency_budget_met_and_the_timings_cached(tmp_path, monkeypatch):
     model, batches = tiny_setup()
     cache = str(tmp_path)
@@ -171,3 +196,134 @@ def test_latency_settings_refused():
                             (dict(latency_repeats=0), 'latency_repeats')):
         with pytest.raises(PruningInputError, match=message):
             tiny_pruner(budget_by='latency', **kwargs)
+
+
+def injected_latency(monkeypatch, seed):
+    """Make the pruner's timing return a fixed random latency model (fitted
+    to its own times at the uniform shares, which it reproduces exactly)."""
+    model, _ = tiny_setup()
+    groups = find_channel_groups(model)
+    truth = random_model(seed)
+    counts = channel_counts(groups, LATENCY_SHARES)
+    measured = {name: [] for name in LAYERS}
+    for k in range(len(LATENCY_SHARES)):
+        seconds = truth.after(groups, {g.name: int(c[k])
+                                       for g, c in zip(groups, counts)})
+        for name in LAYERS:
+            measured[name].append(seconds[name])
+    fitted = fit_latency_model(groups, LATENCY_SHARES, measured)
+    monkeypatch.setattr(channel_pruner, 'measure_latency_model',
+                        lambda *args, **kwargs: fitted)
+    return fitted
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('tightness', [0.7, 0.85, 0.95])
+def test_latency_cap_met_and_no_allocation_as_fast_is_less_distorted(
+        monkeypatch, seed, tightness):
+    latency = injected_latency(monkeypatch, seed)
+    model, batches = tiny_setup()
+    groups = find_channel_groups(model)
+    dense = dense_costs(model, batches, 'flops')
+    total = sum(dense.values())
+    budget = 0.6
+    uncapped = tiny_pruner(budget=budget).prune(copy.deepcopy(model),
+                                                batches)
+    assert uncapped.latency is None
+    pruner = tiny_pruner(budget=budget)
+    counts = channel_counts(groups, 1 - pruner.sparsities)
+
+    def seconds(levels):
+        return latency.total_after(
+            groups, {g.name: int(c[k])
+                     for g, c, k in zip(groups, counts, levels)})
+
+    dense_time = sum(latency.dense.values())
+    free_levels = tuple(g.level for g in uncapped.groups)
+    least = seconds([len(c) - 1 for c in counts])
+    # a cap between the fewest channels' time and the uncapped allocation's
+    cap = (least + tightness * (seconds(free_levels) - least)) / dense_time
+    result = tiny_pruner(budget=budget, latency_budget=cap).prune(
+        copy.deepcopy(model), batches)
+    chosen = tuple(g.level for g in result.groups)
+    assert result.latency_weight > 0
+    assert seconds(chosen) <= cap * dense_time
+    assert result.latency_kept == pytest.approx(seconds(chosen) / dense_time)
+    assert result.flops_after <= budget * total
+    assert result.predicted_distortion >= uncapped.predicted_distortion
+
+    curves = [result.curves[g.name] for g in groups]
+    flop_tables, flop_fixed = separable_costs(groups, counts, dense)
+    time_tables, time_fixed = latency.separable(groups, counts)
+
+    def table_sum(tables, fixed, levels):
+        return fixed + sum(t[k] for t, k in zip(tables, levels))
+
+    # the allocator's optimum of distortion + weight * time: nothing within
+    # its budget that is as fast (separable time) is less distorted
+    for levels in itertools.product(*(range(len(c)) for c in curves)):
+        if (table_sum(flop_tables, flop_fixed, levels) >
+                result.allocator_budget * total * (1 + 1e-12)):
+            continue
+        if (table_sum(time_tables, time_fixed, levels) <=
+                table_sum(time_tables, time_fixed, chosen)):
+            assert sum(c[k] for c, k in zip(curves, levels)) >= (
+                result.predicted_distortion - 1e-12)
+    # and the weight is the least that meets the cap: no optimum of a
+    # smaller weight within the asked budget meets it with less distortion
+    within = [
+        levels for levels in itertools.product(
+            *(range(len(c)) for c in curves))
+        if table_sum(flop_tables, flop_fixed, levels) <= budget * total
+    ]
+    for weight in np.linspace(0, result.latency_weight, 200):
+        optimum = min(within, key=lambda levels: (
+            sum(c[k] for c, k in zip(curves, levels)) + weight *
+            table_sum(time_tables, 0.0, levels) / dense_time))
+        if seconds(optimum) <= cap * dense_time:
+            assert result.predicted_distortion <= sum(
+                c[k] for c, k in zip(curves, optimum)) + 1e-12
+
+
+def test_latency_cap_already_met_changes_nothing(monkeypatch):
+    injected_latency(monkeypatch, 0)
+    model, batches = tiny_setup()
+    uncapped = tiny_pruner(budget=0.5).prune(copy.deepcopy(model), batches)
+    capped = tiny_pruner(budget=0.5, latency_budget=1.0).prune(
+        copy.deepcopy(model), batches)
+    assert capped.latency_weight == 0
+    assert [g.level for g in capped.groups] == [
+        g.level for g in uncapped.groups]
+    report = json.loads(json.dumps(capped.report_fields()))
+    assert report['cost_model']['latency']['budget'] == 1.0
+    assert report['cost_model']['latency']['kept'] == pytest.approx(
+        capped.latency_kept)
+
+
+def test_latency_cap_below_the_fewest_channels_refused_before_curves(
+        monkeypatch):
+    latency = injected_latency(monkeypatch, 1)
+    model, batches = tiny_setup()
+    groups = find_channel_groups(model)
+    least = latency.total_after(groups, {g.name: 1 for g in groups}) / sum(
+        latency.dense.values())
+
+    def no_curves(*args, **kwargs):
+        raise AssertionError('curves measured before the cap was checked')
+
+    monkeypatch.setattr(channel_pruner.RDChannelPruner, 'channel_curves',
+                        no_curves)
+    with pytest.raises(PruningInputError,
+                       match=f'below {least:.4f}.*latency_budget'):
+        tiny_pruner(budget=0.5, latency_budget=0.9 * least).prune(
+            model, batches)
+
+
+def test_latency_cap_settings_refused():
+    for kwargs, message in (
+            (dict(budget_by='latency', latency_budget=0.5),
+             "budget_by is 'latency' already"),
+            (dict(latency_budget=0.0), r'outside \(0, 1\]'),
+            (dict(latency_budget=1.5), r'outside \(0, 1\]')):
+        with pytest.raises(PruningInputError, match=message):
+            tiny_pruner(**kwargs)

@@ -31,8 +31,12 @@ pruner = dict(
     # bisection steps that raise the allocator's (separable) budget while
     # the exact cost stays within the budget
     search_steps=12,
-    # budget_by='latency': uniform kept shares the layers are timed at, and
-    # timed passes per share (their median counts)
+    # None, or a cap on the share of the layers' modelled time to keep
+    # beside a 'flops' / 'params' budget (e.g. budget=0.25 with
+    # latency_budget=0.3 asks 4x fewer FLOPs and at least 3.3x less time)
+    latency_budget=None,
+    # budget_by='latency' or latency_budget: uniform kept shares the layers
+    # are timed at, and timed passes per share (their median counts)
     latency_shares=(1.0, 0.75, 0.5, 0.25),
     latency_repeats=3)
 

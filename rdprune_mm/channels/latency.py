@@ -7,8 +7,11 @@ SECOND's sparse encoder costs several times one of its dense BEV backbone.
 
 :func:`measure_latency_model` therefore times every weight layer on slim
 copies of the model that keep the same share of every group's channels
-(1, 3/4, 1/2, 1/4 by default) and fits, per layer, the non-negative
-coefficients of::
+(1, 3/4, 1/2, 1/4 by default). A layer's time runs from its call to the
+next weight layer's (:func:`layer_timer`), so that the normalization,
+activation, concatenation and reshapes after it count with it: together
+the layers cover the network from its first weight layer to the head
+outputs. Per layer it fits the non-negative coefficients of::
 
     t(o, i) = quadratic * o * i + linear * p + constant
 
@@ -188,35 +191,38 @@ def _synchronize(module: nn.Module) -> None:
 @contextmanager
 def layer_timer(model: nn.Module, names: Sequence[str]
                 ) -> Iterator[Dict[str, List[float]]]:
-    """Seconds spent in the named modules, one entry per forward call
-    (CUDA is synchronized around each call)."""
+    """Seconds of every call of the named modules, each counted up to the
+    next call of any of them (or the end of the block): a layer's time
+    includes what follows it before the next layer (normalization,
+    activation, concatenation, reshapes), which shrinks with its channels
+    too. CUDA is synchronized at every boundary."""
     modules = dict(model.named_modules())
     seconds: Dict[str, List[float]] = {name: [] for name in names}
-    started: Dict[str, float] = {}
-    handles = []
+    running: List = []  # [name, start] of the open segment
+
+    def close(now: float) -> None:
+        if running:
+            name, started = running
+            seconds[name].append(now - started)
+            running.clear()
 
     def before(name):
 
         def hook(module, args):
             _synchronize(module)
-            started[name] = time.perf_counter()
+            now = time.perf_counter()
+            close(now)
+            running[:] = [name, now]
 
         return hook
 
-    def after(name):
-
-        def hook(module, args, output):
-            _synchronize(module)
-            seconds[name].append(time.perf_counter() - started.pop(name))
-
-        return hook
-
-    for name in names:
-        handles.append(modules[name].register_forward_pre_hook(before(name)))
-        handles.append(modules[name].register_forward_hook(after(name)))
+    handles = [modules[name].register_forward_pre_hook(before(name))
+               for name in names]
     try:
         yield seconds
     finally:
+        _synchronize(model)
+        close(time.perf_counter())
         for handle in handles:
             handle.remove()
 
@@ -225,8 +231,9 @@ def layer_timer(model: nn.Module, names: Sequence[str]
 def time_layers(model: nn.Module, batch: dict, names: Sequence[str],
                 head_modules: Optional[Sequence[str]] = None,
                 repeats: int = 3, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per pass of every named layer (its calls summed) on
-    the head-output pass of ``batch``."""
+    """Median seconds per pass of every named layer (its calls summed,
+    each up to the next layer's, :func:`layer_timer`) on the head-output
+    pass of ``batch``."""
     head = HeadOutputs(model, head_modules)
     for _ in range(warmup):
         head(batch)

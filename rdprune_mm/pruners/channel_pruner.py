@@ -121,6 +121,8 @@ class ChannelPruningResult(KeptShares):
     separable_cost: float = 1.0
     exclude: List[str] = field(default_factory=list)
     latency: Optional[LatencyModel] = field(default=None, repr=False)
+    latency_budget: Optional[float] = None
+    latency_weight: float = 0.0
 
     @property
     def layers(self) -> List[GroupAllocation]:
@@ -129,7 +131,7 @@ class ChannelPruningResult(KeptShares):
     @property
     def latency_before(self) -> Optional[float]:
         """Modelled seconds per frame of the layers, unpruned (None
-        unless ``budget_by='latency'``)."""
+        unless ``budget_by='latency'`` or a ``latency_budget`` is set)."""
         if self.latency is None:
             return None
         return math.fsum(layer.latency_before for layer in self.layer_costs)
@@ -189,6 +191,8 @@ class ChannelPruningResult(KeptShares):
             seconds_before=self.latency_before,
             seconds_after=self.latency_after,
             kept=self.latency_kept,
+            budget=self.latency_budget,
+            weight=self.latency_weight,
             **self.latency.to_dict())
         return dict(
             pruning='channels',
@@ -251,8 +255,14 @@ class RDChannelPruner:
         resolution: Budget units of the allocator's dynamic program.
         search_steps: Bisection steps that raise the allocator's budget
             while the exact cost stays within the budget (0: none).
-        latency_shares: Uniform kept shares at which ``'latency'`` times
-            the layers (at least 2, one of them 1).
+        latency_budget: Also keep at most this share of the layers'
+            modelled time, in (0, 1], beside the FLOPs or weights
+            ``budget`` (None: no time cap). The cap enters the allocation
+            as a Lagrange weight on the time tables, the least that meets
+            it (see :meth:`choose_levels`).
+        latency_shares: Uniform kept shares at which the layers are timed
+            for ``'latency'`` or ``latency_budget`` (at least 2, one of
+            them 1).
         latency_repeats: Timed passes per share (their median counts).
     """
 
@@ -267,6 +277,7 @@ class RDChannelPruner:
                  budget_by: str = 'flops',
                  resolution: int = 10_000,
                  search_steps: int = 12,
+                 latency_budget: Optional[float] = None,
                  latency_shares: Sequence[float] = LATENCY_SHARES,
                  latency_repeats: int = 3) -> None:
         if not 0 < budget <= 1:
@@ -281,6 +292,17 @@ class RDChannelPruner:
             raise PruningInputError(
                 f'budget_by {budget_by!r} is not one of '
                 f'{CHANNEL_BUDGET_UNITS}; fix pruner.budget_by')
+        if latency_budget is not None:
+            if budget_by == 'latency':
+                raise PruningInputError(
+                    "latency_budget caps the time beside a FLOPs or weights "
+                    "budget, but budget_by is 'latency' already; set "
+                    "pruner.budget alone or pruner.budget_by='flops'")
+            if not 0 < latency_budget <= 1:
+                raise PruningInputError(
+                    f'latency_budget {latency_budget} is outside (0, 1]: it '
+                    "is the share of the layers' modelled time to keep; fix "
+                    'pruner.latency_budget')
         if (len(latency_shares) < 2 or 1.0 not in latency_shares
                 or not all(0 < s <= 1 for s in latency_shares)):
             raise PruningInputError(
@@ -313,6 +335,7 @@ class RDChannelPruner:
         self.budget_by = budget_by
         self.resolution = resolution
         self.search_steps = search_steps
+        self.latency_budget = latency_budget
         self.latency_shares = tuple(float(s) for s in latency_shares)
         self.latency_repeats = latency_repeats
 
@@ -454,7 +477,8 @@ class RDChannelPruner:
         device = next(model.parameters()).device
         key = fingerprint(
             sorted(setup.reference[0].items()),
-            extra=dict(architecture=str(model),
+            extra=dict(timing='segments to the next layer',
+                       architecture=str(model),
                        groups={g.name: g.num_channels for g in setup.groups},
                        shares=self.latency_shares,
                        repeats=self.latency_repeats,
@@ -538,32 +562,125 @@ class RDChannelPruner:
                 'group) allows; raise pruner.budget or lower pruner.min_keep')
         return least, target
 
+    def _check_latency_cap(self, setup: _Setup) -> None:
+        """Refuse a time cap that even the fewest channels exceed."""
+        least = {g.name: int(np.min(c))
+                 for g, c in zip(setup.groups, setup.counts)}
+        share = (setup.latency.total_after(setup.groups, least) /
+                 math.fsum(setup.latency.dense.values()))
+        if share > self.latency_budget:
+            raise PruningInputError(
+                f'latency_budget {self.latency_budget} is below '
+                f"{share:.4f}, the share of the layers' modelled time left "
+                f'with the fewest channels pruner.min_keep={self.min_keep} '
+                '(and one channel per group) allows; raise '
+                'pruner.latency_budget or lower pruner.min_keep')
+
     def choose_levels(self, setup: _Setup, curves: Dict[str, np.ndarray]
-                      ) -> Tuple[Tuple[int, ...], float, float]:
-        """Levels whose exact cost meets the budget, of least predicted
-        distortion among those the search tries.
+                      ) -> Tuple[Tuple[int, ...], float, float, float]:
+        """Levels whose exact cost meets the budget (and the time cap), of
+        least predicted distortion among those the search tries.
+
+        Without ``latency_budget`` this is :meth:`_within_budget` on the
+        curves. With it, the allocator minimizes ``distortion + weight *
+        time share`` (the separable time tables over the layers' dense
+        time) within the budget; the weight is 0 if that already meets the
+        cap, else the least one that does (grown fourfold, then bisected in
+        ``search_steps``). No allocation within the allocator's budget
+        that is as fast in separable time is less distorted; one under the
+        cap that no weight selects (a duality gap) may be.
 
         Returns:
             tuple: The levels, the budget the allocator was given (total
-            units, ``fixed`` included) and the separable cost of the levels.
+            units, ``fixed`` included), the separable cost of the levels
+            and the time weight.
 
         Raises:
             PruningInputError: If even the fewest channels that
-                ``min_keep`` allows exceed the budget.
+                ``min_keep`` allows exceed the budget, or no weight brings
+                the time within the cap.
+        """
+        distortions = [curves[g.name] for g in setup.groups]
+        if self.latency_budget is None or self.latency_budget >= 1:
+            if self.budget >= 1:  # everything fits: nothing to prune
+                levels = (0, ) * len(setup.groups)
+                tables, fixed = self._separable(setup)
+                return (levels, math.fsum(self._dense_costs(setup).values()),
+                        fixed + math.fsum(t[0] for t in tables), 0.0)
+            return (*self._within_budget(setup, distortions), 0.0)
+        latency = setup.latency
+        dense_time = math.fsum(latency.dense.values())
+        cap = self.latency_budget * dense_time * (1 - 1e-12)
+        time_tables, _ = latency.separable(setup.groups, setup.counts)
+        shares = [t / dense_time for t in time_tables]
+
+        def predicted(levels: Sequence[int]) -> float:
+            return math.fsum(d[k] for d, k in zip(distortions, levels))
+
+        def solve(weight: float):
+            objective = [d + weight * s for d, s in zip(distortions, shares)]
+            found = self._within_budget(setup, objective)
+            seconds = latency.total_after(
+                setup.groups, self._keep_counts(setup, found[0]))
+            return found, seconds <= cap, seconds
+
+        found, fits, seconds = solve(0.0)
+        if fits:
+            return (*found, 0.0)
+        low, high = 0.0, 1.0
+        scale = max(1.0, math.fsum(float(np.ptp(d)) for d in distortions))
+        while True:
+            found, fits, seconds = solve(high)
+            if fits:
+                break
+            if high > 1e9 * scale:
+                budget = ('' if self.budget >= 1 else
+                          f' within {self.budget} of the {self.budget_by}')
+                raise PruningInputError(
+                    f'latency_budget {self.latency_budget} is below '
+                    f'{seconds / dense_time:.4f}, the least share of the '
+                    f"layers' modelled time the allocator reaches{budget}; "
+                    'raise pruner.latency_budget or lower pruner.budget or '
+                    'pruner.min_keep')
+            low, high = high, 4 * high
+        best, weight = found, high
+        for _ in range(self.search_steps):
+            middle = 0.5 * (low + high)
+            found, fits, _ = solve(middle)
+            if not fits:
+                low = middle
+                continue
+            high = middle
+            if predicted(found[0]) <= predicted(best[0]):
+                best, weight = found, middle
+        return (*best, weight)
+
+    def _within_budget(self, setup: _Setup,
+                       objective: Sequence[np.ndarray]
+                       ) -> Tuple[Tuple[int, ...], float, float]:
+        """Levels whose exact cost meets the budget, of least ``objective``
+        (per group, one value per level) among those the search tries: the
+        allocator's budget on the separable costs is bisected upwards while
+        the exact cost of its optimum stays within the budget.
+
+        Returns:
+            tuple: The levels, the budget the allocator was given and the
+            separable cost of the levels.
         """
         total = math.fsum(self._dense_costs(setup).values())
         tables, fixed = self._separable(setup)
-        if self.budget >= 1:  # everything fits: nothing to prune
-            levels = (0, ) * len(setup.groups)
-            return levels, total, fixed + math.fsum(t[0] for t in tables)
+        if self.budget >= 1:  # every level fits: the least objective
+            levels = tuple(
+                int(np.lexsort((np.arange(len(o)), o))[0]) for o in objective)
+            return levels, total, fixed + math.fsum(
+                t[k] for t, k in zip(tables, levels))
         least, target = self._check_budget(setup)
-        distortions = [curves[g.name] for g in setup.groups]
 
         def separable(levels: Sequence[int]) -> float:
             return fixed + math.fsum(t[k] for t, k in zip(tables, levels))
 
-        def predicted(levels: Sequence[int]) -> float:
-            return math.fsum(d[k] for d, k in zip(distortions, levels))
+        def value(levels: Sequence[int]) -> float:
+            return math.fsum(o[k] for o, k in zip(objective, levels))
 
         best, best_budget = least, separable(least)
         low = max(target, best_budget)
@@ -571,10 +688,10 @@ class RDChannelPruner:
 
         def attempt(dp_budget: float) -> bool:
             nonlocal best, best_budget
-            solved = self._solve(distortions, tables, fixed, dp_budget)
+            solved = self._solve(objective, tables, fixed, dp_budget)
             if solved is None or self._exact(setup, solved.levels) > target:
                 return False
-            if predicted(solved.levels) < predicted(best):
+            if value(solved.levels) < value(best):
                 best, best_budget = tuple(solved.levels), dp_budget
             return True
 
@@ -675,13 +792,16 @@ class RDChannelPruner:
         logger.info(f'{len(setup.groups)} channel groups over '
                     f'{len(setup.targets)} layers, {len(batches)} '
                     f'calibration frame(s), {self.ranking} ranking')
-        if self.budget_by == 'latency':
+        if self.budget_by == 'latency' or self.latency_budget is not None:
             setup.latency = self.latency_model(model, setup, batches[0],
                                                cache_dir)
-        if self.budget < 1:
-            self._check_budget(setup)  # before any curve is measured
+        if self.budget < 1:  # before any curve is measured
+            self._check_budget(setup)
+        if self.latency_budget is not None:
+            self._check_latency_cap(setup)
         curves = self.channel_curves(model, setup, cache_dir)
-        levels, dp_budget, separable = self.choose_levels(setup, curves)
+        levels, dp_budget, separable, weight = self.choose_levels(
+            setup, curves)
         counts = self._keep_counts(setup, levels)
         keeps = {
             g.name: self._keep(g, order, counts[g.name])
@@ -706,7 +826,9 @@ class RDChannelPruner:
             allocator_budget=dp_budget / total,
             separable_cost=separable / total,
             exclude=self.exclude,
-            latency=setup.latency)
+            latency=setup.latency,
+            latency_budget=self.latency_budget,
+            latency_weight=weight)
         logger.info(
             f'kept {result.flops_after:,.0f} of {result.flops_before:,.0f} '
             f'FLOPs ({result.flops_kept:.4f}) and '
@@ -715,7 +837,10 @@ class RDChannelPruner:
             + ('' if result.latency is None else
                f'{result.latency_after * 1e3:.4g} of '
                f'{result.latency_before * 1e3:.4g} ms of the layers\' time '
-               f'({result.latency_kept:.4f}, modelled); ') +
+               f'({result.latency_kept:.4f}, modelled'
+               + ('' if self.latency_budget is None else
+                  f'; cap {self.latency_budget}, weight {weight:.4g}')
+               + '); ') +
             f'asked {self.budget} of '
             f'the {self.budget_by}; distortion predicted '
             f'{result.predicted_distortion:.4g}, measured '

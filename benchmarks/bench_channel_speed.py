@@ -161,17 +161,33 @@ def uniform_keeps(groups, dense_flops: Dict[str, float],
         return {g.name: max(1, int(math.floor(share * g.num_channels)))
                 for g in groups}
 
-    total = sum(dense_flops.values())
-    low, high = 0.0, 1.0
-    for _ in range(30):
+    share = bisect_edge(
+        lambda share: meets_flops(groups, counts(share), dense_flops,
+                              budget), 0.0, 1.0, fits_low=True)
+    kept = counts(share)
+    return {g.name: g.keep_mask(kept[g.name]) for g in groups}
+
+
+def meets_flops(groups, counts: Dict[str, int], dense_flops: Dict[str, float],
+                budget: float) -> bool:
+    """Whether keeping ``counts`` channels keeps at most ``budget`` of
+    the FLOPs (exactly)."""
+    return total_cost_after(groups, counts, dense_flops) <= budget * sum(
+        dense_flops.values())
+
+
+def bisect_edge(fits: Callable[[float], bool], low: float, high: float,
+                fits_low: bool, steps: int = 30) -> float:
+    """The end of ``[low, high]`` where ``fits`` flips, narrowed by
+    bisection: the largest fitting value when ``fits_low`` (``low`` fits),
+    else the smallest (``high`` fits)."""
+    for _ in range(steps):
         middle = 0.5 * (low + high)
-        if total_cost_after(groups, counts(middle),
-                            dense_flops) <= budget * total:
+        if fits(middle) == fits_low:
             low = middle
         else:
             high = middle
-    kept = counts(low)
-    return {g.name: g.keep_mask(kept[g.name]) for g in groups}
+    return low if fits_low else high
 
 
 def latency_allocation(args, model, batches, flops_budget: float,
@@ -259,21 +275,15 @@ def fastest_keeps(groups, targets, dense_flops: Dict[str, float],
     times, _ = latency.separable(groups, counts)
     flop_tables, _ = separable_costs(groups, counts, dense_flops)
     removed = [t[0] - t for t in flop_tables]
-    total = sum(dense_flops.values())
 
     def kept(limit: float) -> Dict[str, int]:
         levels = allocate_levels(times, removed, limit).levels
         return {g.name: int(c[k]) for g, c, k in zip(groups, counts, levels)}
 
-    low, high = 0.0, sum(float(r.max()) for r in removed)
-    for _ in range(30):
-        middle = 0.5 * (low + high)
-        if total_cost_after(groups, kept(middle),
-                            dense_flops) <= budget * total:
-            high = middle
-        else:
-            low = middle
-    chosen = kept(high)
+    limit = bisect_edge(
+        lambda limit: meets_flops(groups, kept(limit), dense_flops, budget),
+        0.0, sum(float(r.max()) for r in removed), fits_low=False)
+    chosen = kept(limit)
     return {g.name: g.keep_mask(chosen[g.name]) for g in groups}
 
 

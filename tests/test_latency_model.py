@@ -38,11 +38,9 @@ def random_counts(groups, generator):
             for g in groups}
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_fit_predicts_every_allocation_of_a_model_in_its_family(seed):
-    model, _ = tiny_setup()
-    groups = find_channel_groups(model)
-    truth = random_model(seed)
+def fit_to(truth, groups):
+    """The latency model fitted to ``truth``'s times at the uniform
+    shares."""
     counts = channel_counts(groups, LATENCY_SHARES)
     measured = {name: [] for name in LAYERS}
     for k in range(len(LATENCY_SHARES)):
@@ -50,7 +48,15 @@ def test_fit_predicts_every_allocation_of_a_model_in_its_family(seed):
                                        for g, c in zip(groups, counts)})
         for name in LAYERS:
             measured[name].append(seconds[name])
-    fitted = fit_latency_model(groups, LATENCY_SHARES, measured)
+    return fit_latency_model(groups, LATENCY_SHARES, measured)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_fit_predicts_every_allocation_of_a_model_in_its_family(seed):
+    model, _ = tiny_setup()
+    groups = find_channel_groups(model)
+    truth = random_model(seed)
+    fitted = fit_to(truth, groups)
     generator = np.random.default_rng(seed)
     for _ in range(20):
         allocation = random_counts(groups, generator)
@@ -202,16 +208,7 @@ def injected_latency(monkeypatch, seed):
     """Make the pruner's timing return a fixed random latency model (fitted
     to its own times at the uniform shares, which it reproduces exactly)."""
     model, _ = tiny_setup()
-    groups = find_channel_groups(model)
-    truth = random_model(seed)
-    counts = channel_counts(groups, LATENCY_SHARES)
-    measured = {name: [] for name in LAYERS}
-    for k in range(len(LATENCY_SHARES)):
-        seconds = truth.after(groups, {g.name: int(c[k])
-                                       for g, c in zip(groups, counts)})
-        for name in LAYERS:
-            measured[name].append(seconds[name])
-    fitted = fit_latency_model(groups, LATENCY_SHARES, measured)
+    fitted = fit_to(random_model(seed), find_channel_groups(model))
     monkeypatch.setattr(channel_pruner, 'measure_latency_model',
                         lambda *args, **kwargs: fitted)
     return fitted

@@ -634,14 +634,13 @@ class RDChannelPruner:
             if fits:
                 break
             if high > 1e9 * scale:
-                budget = ('' if self.budget >= 1 else
+                within = ('' if self.budget >= 1 else
                           f' within {self.budget} of the {self.budget_by}')
                 raise PruningInputError(
                     f'latency_budget {self.latency_budget} is below '
                     f'{seconds / dense_time:.4f}, the least share of the '
-                    f"layers' modelled time the allocator reaches{budget}; "
-                    'raise pruner.latency_budget or lower pruner.budget or '
-                    'pruner.min_keep')
+                    f"layers' modelled time the allocator reaches{within}; "
+                    'raise pruner.latency_budget or lower pruner.min_keep')
             low, high = high, 4 * high
         best, weight = found, high
         for _ in range(self.search_steps):

@@ -47,7 +47,7 @@ layers' modelled time it keeps. Writes ``speed.md`` and ``speed.json`` into
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_channel_speed.py \
         [--models centerpoint second] [--full] [--reductions 2 4] \
-        [--allocation rd|uniform] [--budget-by flops|latency] \
+        [--allocation rd|uniform|fastest] [--budget-by flops|latency] \
         [--time-over-flops 1.25] \
         [--num-levels 5] [--repeats 5] \
         [--work-dir work_dirs/bench_channel_speed]
@@ -162,8 +162,8 @@ def uniform_keeps(groups, dense_flops: Dict[str, float],
                 for g in groups}
 
     share = bisect_edge(
-        lambda share: meets_flops(groups, counts(share), dense_flops,
-                              budget), 0.0, 1.0, fits_low=True)
+        lambda share: meets_flops(groups, counts(share), dense_flops, budget),
+        0.0, 1.0, fits_low=True)
     kept = counts(share)
     return {g.name: g.keep_mask(kept[g.name]) for g in groups}
 
@@ -219,12 +219,12 @@ def latency_allocation(args, model, batches, flops_budget: float,
     logger.info(f'time share {result.budget:.4f}: keeps '
                 f'{result.flops_kept:.4f} of the FLOPs and '
                 f'{result.latency_kept:.4f} of the modelled time')
-    return masked, result
+    return masked, result.keeps, result
 
 
 def allocate(args, model, batches, budget: float, cache_dir: str):
-    """A masked copy of ``model`` and the pruning result under ``budget``
-    (for ``--allocation uniform``, the keep-masks alone)."""
+    """A masked copy of ``model``, its keep-masks and the RD pruning
+    result (None for ``uniform`` and ``fastest``) under ``budget``."""
     if args.allocation == 'rd' and args.budget_by == 'latency':
         return latency_allocation(args, model, batches, budget, cache_dir)
     masked = copy.deepcopy(model)
@@ -234,7 +234,8 @@ def allocate(args, model, batches, budget: float, cache_dir: str):
         pruner = RDChannelPruner(
             budget=budget, num_levels=args.num_levels, budget_by='flops',
             latency_budget=cap)
-        return masked, pruner.prune(masked, batches, cache_dir=cache_dir)
+        result = pruner.prune(masked, batches, cache_dir=cache_dir)
+        return masked, result.keeps, result
     groups = find_channel_groups(masked)
     targets = find_targets(masked)
     dense = measure_flops(masked, targets, batches, HeadOutputs(masked))
@@ -245,13 +246,13 @@ def allocate(args, model, batches, budget: float, cache_dir: str):
         keeps = uniform_keeps(groups, dense, budget)
     for group in groups:
         apply_channel_mask(group, keeps[group.name])
-    return masked, dict(keeps=keeps)
+    return masked, keeps, None
 
 
 def allocation_fields(result) -> dict:
-    """Distortion and modelled time of an RD allocation (None for
-    uniform)."""
-    if isinstance(result, dict):
+    """Distortion and modelled time of an RD allocation (None without
+    one)."""
+    if result is None:
         return dict(predicted_distortion=None, measured_distortion=None,
                     modelled_time_kept=None, latency_budget=None)
     return dict(predicted_distortion=result.predicted_distortion,
@@ -344,9 +345,8 @@ def bench_model(args, name: str, config: str,
     rows = []
     for reduction in args.reductions:
         start = time.perf_counter()
-        masked, result = allocate(args, model, batches, 1.0 / reduction,
-                                  cache_dir)
-        keeps = result['keeps'] if isinstance(result, dict) else result.keeps
+        masked, keeps, result = allocate(args, model, batches,
+                                         1.0 / reduction, cache_dir)
         slim, _ = slim_copy(masked, keeps)
         difference = max_difference(
             HeadOutputs(masked)(batch), HeadOutputs(slim)(batch))

@@ -601,13 +601,14 @@ class RDChannelPruner:
                 the time within the cap.
         """
         distortions = [curves[g.name] for g in setup.groups]
+        tables, fixed = self._separable(setup)
         if self.latency_budget is None or self.latency_budget >= 1:
             if self.budget >= 1:  # everything fits: nothing to prune
                 levels = (0, ) * len(setup.groups)
-                tables, fixed = self._separable(setup)
                 return (levels, math.fsum(self._dense_costs(setup).values()),
                         fixed + math.fsum(t[0] for t in tables), 0.0)
-            return (*self._within_budget(setup, distortions), 0.0)
+            return (*self._within_budget(setup, distortions, tables, fixed),
+                    0.0)
         latency = setup.latency
         dense_time = math.fsum(latency.dense.values())
         cap = self.latency_budget * dense_time * (1 - 1e-12)
@@ -619,7 +620,7 @@ class RDChannelPruner:
 
         def solve(weight: float):
             objective = [d + weight * s for d, s in zip(distortions, shares)]
-            found = self._within_budget(setup, objective)
+            found = self._within_budget(setup, objective, tables, fixed)
             seconds = latency.total_after(
                 setup.groups, self._keep_counts(setup, found[0]))
             return found, seconds <= cap, seconds
@@ -655,19 +656,20 @@ class RDChannelPruner:
         return (*best, weight)
 
     def _within_budget(self, setup: _Setup,
-                       objective: Sequence[np.ndarray]
+                       objective: Sequence[np.ndarray],
+                       tables: List[np.ndarray], fixed: float
                        ) -> Tuple[Tuple[int, ...], float, float]:
         """Levels whose exact cost meets the budget, of least ``objective``
         (per group, one value per level) among those the search tries: the
-        allocator's budget on the separable costs is bisected upwards while
-        the exact cost of its optimum stays within the budget.
+        allocator's budget on the separable costs (``tables`` and ``fixed``,
+        :meth:`_separable`) is bisected upwards while the exact cost of its
+        optimum stays within the budget.
 
         Returns:
             tuple: The levels, the budget the allocator was given and the
             separable cost of the levels.
         """
         total = math.fsum(self._dense_costs(setup).values())
-        tables, fixed = self._separable(setup)
         if self.budget >= 1:  # every level fits: the least objective
             levels = tuple(
                 int(np.lexsort((np.arange(len(o)), o))[0]) for o in objective)

@@ -2,9 +2,11 @@
 
 For each detector (CenterPoint on the reduced 256 x 256 x 41 grid of
 ``configs/centerpoint/rd-channel_centerpoint_voxel02-quick_nus.py`` on the
-real nuScenes frame; SECOND, mmdet3d's KITTI car config, on the real KITTI
-frame 000008; with ``--full`` also CenterPoint voxel 0.1 on its full
-1024 x 1024 x 41 grid) the script builds the model with random weights and
+real nuScenes frame; on the real KITTI frame 000008: SECOND, PointPillars
+(hard voxels; ``pointpillars_dv``: dynamic voxels), all three mmdet3d's KITTI
+car configs, and PV-RCNN, mmdet3d's KITTI 3-class config; with ``--full``
+also CenterPoint voxel 0.1 on its full 1024 x 1024 x 41 grid) the script
+builds the model with random weights and
 BatchNorm statistics set from the frame; ``--config CONFIG --checkpoint
 CKPT`` adds a trained detector (e.g. the small SECOND that ``make demo``
 trains, with ``configs/kitti_like/rd-channel_second_tiny_kitti-like.py``).
@@ -15,9 +17,11 @@ Then, for every FLOPs reduction (2x and 4x by default):
    curve, curves cached in the work dir and shared by both budgets) or with
    one kept share for every group (``--allocation uniform``, the largest
    share whose exact FLOPs meet the budget; no curves: speed does not depend
-   on which channels are kept), or with the least modelled time whose FLOPs
-   meet the budget, distortion ignored (``--allocation fastest``: what any
-   allocation could reach on this machine). With ``--allocation rd --budget-by
+   on which channels are kept), with one threshold on the filter norms
+   across groups (``--allocation global``), or with the least modelled time
+   whose FLOPs meet the budget, distortion ignored (``--allocation
+   fastest``: what any allocation could reach on this machine); the three
+   baselines are :class:`ChannelBaselinePruner`'s allocations. With ``--allocation rd --budget-by
    latency`` the pruner's budget is a share of the layers' measured time
    (:mod:`rdprune_mm.channels.latency`, timed once and cached), the largest
    share (bisection, ``--search-steps``) whose allocation still removes the
@@ -25,13 +29,17 @@ Then, for every FLOPs reduction (2x and 4x by default):
    budget and caps the layers' modelled time at ``R`` times it (the
    pruner's ``latency_budget``);
 2. slims a copy (:func:`rdprune_mm.channels.slim_copy`) and checks that its
-   head outputs equal the masked model's;
+   head outputs equal the masked model's (a two-stage model's RoI head on
+   the masked model's proposals);
 3. times, interleaved with the dense model and the other slim models (so
    that load from other processes hits all alike), ``--repeats`` rounds
    after ``--warmup`` rounds of ``model(**batch, mode='predict')`` on the
    preprocessed frame (the network, box decoding and NMS; voxelization is
-   part of the preprocessing and not timed), and of the network alone (up
-   to the head outputs, :class:`rdprune_mm.head_outputs.HeadOutputs`).
+   part of the preprocessing and not timed; every pass on clones of the
+   input tensors, which mmdet3d's PillarFeatureNet writes into), and of the
+   network alone (up to the head outputs,
+   :class:`rdprune_mm.head_outputs.HeadOutputs`; a two-stage model's RoI
+   head on the proposals of its first pass).
 
 FLOPs are measured on both models (2 x multiply-accumulates of every weight
 layer, sparse convs from spconv's active pairs). The table gives the FLOPs
@@ -46,8 +54,9 @@ layers' modelled time it keeps. Writes ``speed.md`` and ``speed.json`` into
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_channel_speed.py \
-        [--models centerpoint second] [--full] [--reductions 2 4] \
-        [--allocation rd|uniform|fastest] [--budget-by flops|latency] \
+        [--models centerpoint second pointpillars pointpillars_dv pv_rcnn] \
+        [--full] [--reductions 2 4] \
+        [--allocation rd|uniform|global|fastest] [--budget-by flops|latency] \
         [--time-over-flops 1.25] \
         [--num-levels 5] [--repeats 5] \
         [--work-dir work_dirs/bench_channel_speed]
@@ -56,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import os.path as osp
 import platform
@@ -70,21 +78,13 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 import rdprune_mm
-from rdprune_mm.apis import build_detector
-from rdprune_mm.batchnorm import recalibrate_batchnorm
-from rdprune_mm.calibration import calibration_batches
-from rdprune_mm.allocator import allocate as allocate_levels
-from rdprune_mm.channels import (find_channel_groups, slim_copy,
-                                 total_cost_after)
-from rdprune_mm.channels.costs import channel_counts, separable_costs
-from rdprune_mm.channels.latency import measure_latency_model
-from rdprune_mm.channels.masking import apply_channel_mask
+from rdprune_mm.apis import prepare_detector
+from rdprune_mm.channels import find_channel_groups, slim_copy
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.fileio import write_json, write_text
 from rdprune_mm.flops import measure_flops
-from rdprune_mm.head_outputs import HeadOutputs
-from rdprune_mm.masks import sparsity_grid
-from rdprune_mm.pruners import RDChannelPruner
+from rdprune_mm.head_outputs import HeadOutputs, clone_tensors
+from rdprune_mm.pruners import ChannelBaselinePruner, RDChannelPruner
 from rdprune_mm.targets import find_targets
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -93,6 +93,14 @@ CONFIGS = dict(
                          'rd-channel_centerpoint_voxel02-quick_nus.py'),
     second=osp.join(REPO, 'configs', 'second',
                     'rd-channel_second_hv_secfpn_kitti-3d-car.py'),
+    pointpillars=osp.join(
+        REPO, 'configs', 'pointpillars',
+        'rd-channel_pointpillars_hv_secfpn_kitti-3d-car.py'),
+    pointpillars_dv=osp.join(
+        REPO, 'configs', 'pointpillars',
+        'rd-channel_pointpillars_dv_secfpn_kitti-3d-car.py'),
+    pv_rcnn=osp.join(REPO, 'configs', 'pv_rcnn',
+                     'rd-channel_pv_rcnn_kitti-3d-3class.py'),
     centerpoint_full=osp.join(
         REPO, 'configs', 'centerpoint',
         'rd-channel_centerpoint_voxel01_second_secfpn_nus.py'))
@@ -104,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         'the dense ones at given FLOPs reductions.')
     parser.add_argument('--models', nargs='*', default=['centerpoint',
                                                         'second'],
-                        choices=['centerpoint', 'second'])
+                        choices=['centerpoint', 'second', 'pointpillars',
+                                 'pointpillars_dv', 'pv_rcnn'])
     parser.add_argument('--full', action='store_true',
                         help='also CenterPoint voxel 0.1 on its full grid')
     parser.add_argument('--config',
@@ -115,10 +124,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--reductions', nargs='+', type=float,
                         default=[2.0, 4.0],
                         help='FLOPs reductions (budget = 1 / reduction)')
-    parser.add_argument('--allocation', choices=['rd', 'uniform', 'fastest'],
+    parser.add_argument('--allocation',
+                        choices=['rd', 'uniform', 'global', 'fastest'],
                         default='rd',
-                        help='rd: RDChannelPruner; uniform: one kept share '
-                        'for every group; fastest: the least modelled time '
+                        help='rd: RDChannelPruner; uniform, global, '
+                        'fastest: ChannelBaselinePruner (uniform: one kept '
+                        'share for every group; global: one threshold on '
+                        'the filter norms; fastest: the least modelled time '
                         'at the FLOPs budget, distortion ignored (what any '
                         'allocation could reach)')
     parser.add_argument('--budget-by', choices=['flops', 'latency'],
@@ -152,44 +164,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------ allocation
-def uniform_keeps(groups, dense_flops: Dict[str, float],
-                  budget: float) -> Dict[str, torch.Tensor]:
-    """One kept share for all groups, the largest whose exact FLOPs meet
-    ``budget`` (bisection on the share); channels by L2 filter norm."""
-
-    def counts(share: float) -> Dict[str, int]:
-        return {g.name: max(1, int(math.floor(share * g.num_channels)))
-                for g in groups}
-
-    share = bisect_edge(
-        lambda share: meets_flops(groups, counts(share), dense_flops, budget),
-        0.0, 1.0, fits_low=True)
-    kept = counts(share)
-    return {g.name: g.keep_mask(kept[g.name]) for g in groups}
-
-
-def meets_flops(groups, counts: Dict[str, int], dense_flops: Dict[str, float],
-                budget: float) -> bool:
-    """Whether keeping ``counts`` channels keeps at most ``budget`` of
-    the FLOPs (exactly)."""
-    return total_cost_after(groups, counts, dense_flops) <= budget * sum(
-        dense_flops.values())
-
-
-def bisect_edge(fits: Callable[[float], bool], low: float, high: float,
-                fits_low: bool, steps: int = 30) -> float:
-    """The end of ``[low, high]`` where ``fits`` flips, narrowed by
-    bisection: the largest fitting value when ``fits_low`` (``low`` fits),
-    else the smallest (``high`` fits)."""
-    for _ in range(steps):
-        middle = 0.5 * (low + high)
-        if fits(middle) == fits_low:
-            low = middle
-        else:
-            high = middle
-    return low if fits_low else high
-
-
 def latency_allocation(args, model, batches, flops_budget: float,
                        cache_dir: str):
     """RD under the largest time budget whose allocation keeps at most
@@ -224,7 +198,7 @@ def latency_allocation(args, model, batches, flops_budget: float,
 
 def allocate(args, model, batches, budget: float, cache_dir: str):
     """A masked copy of ``model``, its keep-masks and the RD pruning
-    result (None for ``uniform`` and ``fastest``) under ``budget``."""
+    result (None for the baselines) under ``budget``."""
     if args.allocation == 'rd' and args.budget_by == 'latency':
         return latency_allocation(args, model, batches, budget, cache_dir)
     masked = copy.deepcopy(model)
@@ -236,17 +210,11 @@ def allocate(args, model, batches, budget: float, cache_dir: str):
             latency_budget=cap)
         result = pruner.prune(masked, batches, cache_dir=cache_dir)
         return masked, result.keeps, result
-    groups = find_channel_groups(masked)
-    targets = find_targets(masked)
-    dense = measure_flops(masked, targets, batches, HeadOutputs(masked))
-    if args.allocation == 'fastest':
-        keeps = fastest_keeps(groups, targets, dense, masked, batches[0],
-                              budget, args.num_levels)
-    else:
-        keeps = uniform_keeps(groups, dense, budget)
-    for group in groups:
-        apply_channel_mask(group, keeps[group.name])
-    return masked, keeps, None
+    baseline = ChannelBaselinePruner(
+        allocation=args.allocation, budget=budget,
+        num_levels=args.num_levels)
+    return masked, baseline.prune(masked, batches,
+                                  cache_dir=cache_dir).keeps, None
 
 
 def allocation_fields(result) -> dict:
@@ -262,32 +230,6 @@ def allocation_fields(result) -> dict:
                                 'latency' else result.latency_budget))
 
 
-def fastest_keeps(groups, targets, dense_flops: Dict[str, float],
-                  model, batch: dict, budget: float,
-                  num_levels: int) -> Dict[str, torch.Tensor]:
-    """Keep-masks of the least modelled time (layers timed on slim copies,
-    :func:`measure_latency_model`) whose exact FLOPs keep at most
-    ``budget``, distortion ignored: the allocator minimizes time with the
-    removed FLOPs (separable) as the cost, and the removal it may spend is
-    bisected down to the least that meets the budget exactly."""
-    names = [t.name for t in targets]
-    latency = measure_latency_model(model, groups, batch, names)
-    counts = channel_counts(groups, 1.0 - sparsity_grid(num_levels))
-    times, _ = latency.separable(groups, counts)
-    flop_tables, _ = separable_costs(groups, counts, dense_flops)
-    removed = [t[0] - t for t in flop_tables]
-
-    def kept(limit: float) -> Dict[str, int]:
-        levels = allocate_levels(times, removed, limit).levels
-        return {g.name: int(c[k]) for g, c, k in zip(groups, counts, levels)}
-
-    limit = bisect_edge(
-        lambda limit: meets_flops(groups, kept(limit), dense_flops, budget),
-        0.0, sum(float(r.max()) for r in removed), fits_low=False)
-    chosen = kept(limit)
-    return {g.name: g.keep_mask(chosen[g.name]) for g in groups}
-
-
 # ------------------------------------------------------------ timing
 def total_flops(model, batches) -> float:
     return sum(
@@ -298,7 +240,9 @@ def total_flops(model, batches) -> float:
 def runners(model, batch) -> Dict[str, Callable[[], object]]:
     head = HeadOutputs(model)
     return dict(
-        predict=lambda: model(**batch, mode='predict'),
+        predict=lambda: model(
+            **{**batch, 'inputs': clone_tensors(batch['inputs'])},
+            mode='predict'),
         network=lambda: head(batch))
 
 
@@ -326,15 +270,23 @@ def max_difference(a: Dict[str, torch.Tensor],
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def masked_vs_slim(masked, slim, batch: dict) -> float:
+    """Largest difference of the head outputs; a two-stage slim model's
+    RoI head gets the masked model's proposals (RPN scores equal up to
+    rounding could rank other proposals first)."""
+    masked_head = HeadOutputs(masked)
+    reference = masked_head(batch)
+    slim_head = HeadOutputs(slim)
+    slim_head._proposals = masked_head._proposals
+    return max_difference(reference, slim_head(batch))
+
+
 @torch.no_grad()
 def bench_model(args, name: str, config: str,
                 checkpoint: Optional[str] = None) -> List[dict]:
     logger = MMLogger.get_current_instance()
     cfg = Config.fromfile(config)
-    model, _ = build_detector(cfg, checkpoint)
-    batches = calibration_batches(cfg, model, cfg.calibration)
-    if checkpoint is None:
-        recalibrate_batchnorm(model, batches)
+    model, _, batches = prepare_detector(cfg, checkpoint, 'cpu', seed=0)
     batch = batches[0]
     cache_dir = osp.join(args.work_dir, 'curves', name)
     dense_flops = total_flops(model, batches)
@@ -348,8 +300,7 @@ def bench_model(args, name: str, config: str,
         masked, keeps, result = allocate(args, model, batches,
                                          1.0 / reduction, cache_dir)
         slim, _ = slim_copy(masked, keeps)
-        difference = max_difference(
-            HeadOutputs(masked)(batch), HeadOutputs(slim)(batch))
+        difference = masked_vs_slim(masked, slim, batch)
         key = f'{reduction:g}x'
         models[key] = slim
         rows.append(dict(

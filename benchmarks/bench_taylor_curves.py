@@ -38,9 +38,8 @@ from mmengine.logging import MMLogger
 from scipy.stats import spearmanr
 
 import rdprune_mm
-from rdprune_mm.apis import build_detector, default_device, load_config
-from rdprune_mm.batchnorm import recalibrate_batchnorm
-from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.apis import (config_seed, default_device, load_config,
+                             prepare_detector)
 from rdprune_mm.fileio import atomic_write, write_json, write_text
 from rdprune_mm.masks import mask_from_order
 from rdprune_mm.registry import PRUNERS
@@ -177,13 +176,8 @@ def run(args: argparse.Namespace) -> dict:
     logger = MMLogger.get_instance(
         'rdprune_mm_bench_taylor', logger_name='rdprune_mm')
     device = default_device()
-    seed = cfg.get('randomness', {}).get('seed') or 0
-    model, _ = build_detector(cfg, args.checkpoint, device, seed)
-    batches = calibration_batches(cfg, model, cfg.get('calibration', {}))
-    if args.checkpoint is None:
-        recalibrate_batchnorm(model, batches)
-        logger.warning('no --checkpoint given: random weights, BatchNorm '
-                       'statistics from the calibration frames')
+    seed = config_seed(cfg)
+    model, _, batches = prepare_detector(cfg, args.checkpoint, device, seed)
     empirical = PRUNERS.build(dict(cfg.pruner, curves='empirical'))
     taylor = PRUNERS.build(dict(cfg.pruner, curves='taylor'))
     targets = empirical.find_targets(model)

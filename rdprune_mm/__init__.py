@@ -1,30 +1,23 @@
 """rdprune_mm: rate-distortion optimal pruning for MMDetection3D.
 
-Importing the package registers its pruners and distortion measures, makes
-spconv 2 exact and deterministic on CPU and gives mmcv's CUDA-only 3D ops
-CPU kernels.
+Importing the package registers its pruners, distortion measures and
+``RDPruneHook`` and changes nothing else. CPU support for mmdet3d's LiDAR
+detectors is switched on by importing :mod:`rdprune_mm.cpu`.
 """
-from .threads import limit_numba_threads
+from . import distortion, hooks, pruners  # noqa: F401
+from .allocator import Allocation, InfeasibleBudgetError, allocate
+from .errors import PruningInputError
+from .hooks import RDPruneHook
+from .mim import register_config_package
+from .pruners import PruningResult, RDWeightPruner
+from .registry import DISTORTIONS, PRUNERS
 
-limit_numba_threads()
-
-from .cpu_ops import install_cpu_fallbacks  # noqa: E402
-from .spconv_cpu import patch_spconv_cpu  # noqa: E402
-
-patch_spconv_cpu()
-install_cpu_fallbacks()
-
-from . import distortion, hooks, pruners  # noqa: E402,F401
-from .allocator import Allocation, InfeasibleBudgetError, allocate  # noqa
-from .errors import PruningInputError  # noqa: E402
-from .hooks import RDPruneHook  # noqa: E402
-from .pruners import PruningResult, RDWeightPruner  # noqa: E402
-from .registry import DISTORTIONS, PRUNERS  # noqa: E402
+register_config_package()  # 'rdprune_mm::<config>' in _base_
 
 __version__ = '0.1.0'
 
 __all__ = [
     'allocate', 'Allocation', 'InfeasibleBudgetError', 'PruningInputError',
     'RDWeightPruner', 'PruningResult', 'RDPruneHook', 'PRUNERS', 'DISTORTIONS',
-    'patch_spconv_cpu', 'install_cpu_fallbacks', '__version__'
+    '__version__'
 ]

@@ -15,8 +15,13 @@ Discretization:
     to units (``ceil(cost / unit - 1e-9)``) and the budget down
     (``floor(slack)`` units for unit ``1``, ``resolution`` units otherwise),
     so the result is the exact optimum of this discretized problem and, for
-    integer costs with unit ``1``, of the original problem. The real total
-    cost of the result is checked against the budget and never exceeds it.
+    integer costs with unit ``1``, of the original problem. Where the unit is
+    not ``1``, the exact reduced Pareto search of
+    :mod:`rdprune_mm.exact_allocator` solves the original problem instead;
+    where that search gives up (too many partial allocations), the better of
+    the discretized optimum and the equal-slope (Lagrangian) allocation is
+    returned, so the result is never worse than either. The real total cost
+    of the result is checked against the budget and never exceeds it.
 
 Ties:
     Among allocations of equal distortion the one with the smallest total
@@ -33,6 +38,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .exact_allocator import lagrangian_bound, pareto_search
 
 __all__ = ['Allocation', 'InfeasibleBudgetError', 'allocate']
 
@@ -125,9 +132,13 @@ def allocate(distortions: Sequence[ArrayLike],
         dists, costs_, allowed, bases)]
     if math.fsum(float(c[a].max()) for c, a in zip(costs_, allowed)) <= budget:
         levels = [_best(d, c, a) for d, c, a in zip(dists, costs_, allowed)]
-    else:
+    elif _unit_is_exact(costs_, allowed, bases, budget - min_total,
+                        resolution):
         levels = _solve(dists, costs_, allowed, bases, budget - min_total,
                         resolution, budget, cheapest)
+    else:
+        levels = _solve_exact_or_best(dists, costs_, allowed, bases,
+                                      budget, resolution, cheapest)
     total = math.fsum(float(c[k]) for c, k in zip(costs_, levels))
     if total > budget:
         raise RuntimeError(f'allocation cost {total!r} exceeds the budget '
@@ -265,6 +276,48 @@ def _best(dist: np.ndarray, cost: np.ndarray, levels: np.ndarray) -> int:
     """Return the level of least distortion, then cost, then index."""
     order = np.lexsort((levels, cost[levels], dist[levels]))
     return int(levels[order[0]])
+
+
+def _unit_is_exact(costs: list[np.ndarray], allowed: list[np.ndarray],
+                   bases: list[float], slack: float, resolution: int) -> bool:
+    """Whether the DP's budget unit is one of integer costs (then its
+    discretized problem is the original one)."""
+    return slack < resolution + 1 and all(
+        np.allclose(c[a] - b, np.rint(c[a] - b), rtol=0, atol=_INT_ATOL)
+        for c, a, b in zip(costs, allowed, bases))
+
+
+def _solve_exact_or_best(dists: list[np.ndarray], costs: list[np.ndarray],
+                         allowed: list[np.ndarray], bases: list[float],
+                         budget: float, resolution: int,
+                         cheapest: list[int]) -> list[int]:
+    """The exact optimum by the reduced Pareto search
+    (:mod:`rdprune_mm.exact_allocator`); where it gives up (too many
+    states), the better of the discretized DP and the equal-slope
+    (Lagrangian) allocation."""
+    lagrangian = lagrangian_bound(dists, costs, allowed, budget)
+    exact = pareto_search(dists, costs, allowed, budget, lagrangian,
+                          max_states=_state_cap(len(costs), resolution))
+    if exact is not None:
+        return exact
+    levels = _solve(dists, costs, allowed, bases, budget - sum(bases),
+                    resolution, budget, cheapest)
+    incumbent = lagrangian.levels
+    if _total(dists, incumbent) < _total(dists, levels):
+        return list(incumbent)
+    return levels
+
+
+def _state_cap(num_layers: int, resolution: int) -> int:
+    """Partial allocations the Pareto search may form before it gives up:
+    its arrays (five per state) then hold no more than the discretized DP's
+    tables (``num_layers`` tables of ``resolution + 1`` floats), and giving
+    up costs about as much as the DP."""
+    return max(100_000, num_layers * (resolution + 1) // 5)
+
+
+def _total(dists: list[np.ndarray], levels: Sequence[int]) -> float:
+    return math.fsum(float(d[k]) for d, k in zip(dists, levels))
 
 
 def _solve(dists: list[np.ndarray], costs: list[np.ndarray],

@@ -53,6 +53,7 @@ import torch
 
 from .errors import PruningInputError
 from .masks import magnitude_order, mask_from_order
+from .pipeline.checks import check_budget, check_min_keep
 
 __all__ = [
     'BASELINE_METHODS', 'baseline_keep_counts', 'baseline_masks',
@@ -290,14 +291,8 @@ def _check_arguments(method: str, weights: List[torch.Tensor],
     if not weights:
         raise PruningInputError(
             'no weights to prune; give at least one layer')
-    if not 0 < budget <= 1:
-        raise PruningInputError(
-            f'budget {budget} is outside (0, 1]: it is the share of the '
-            'cost to keep, e.g. 0.25 keeps a quarter')
-    if not 0 <= min_keep <= 1:
-        raise PruningInputError(
-            f'min_keep {min_keep} is outside [0, 1]; it is the least share '
-            'of every layer to keep')
+    check_budget(budget, key='budget')
+    check_min_keep(min_keep, key='min_keep')
 
 
 def _per_layer(values: Optional[Sequence], num_layers: int,

@@ -11,9 +11,11 @@ Two sources, chosen by the ``calibration`` dict of a config:
 from __future__ import annotations
 
 import copy
+import math
 import os.path as osp
 from typing import List, Optional, Sequence
 
+import numpy as np
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.runner import Runner
@@ -106,6 +108,47 @@ def _frame_input(path: str, first_transform: str, cfg: Config) -> dict:
     return dict(img_path=path, img_id=0)
 
 
+def _scan_jump(values: np.ndarray, dim: int) -> float:
+    """Median distance between consecutive points over their median range
+    when ``values`` are read with ``dim`` features per point: small for
+    the right ``dim`` (a scan visits neighbours in turn), about 1 for a
+    wrong one (the columns are mixed)."""
+    points = values.reshape(-1, dim)[:, :3].astype(np.float64)
+    if len(points) < 2 or not np.isfinite(points).all():
+        return math.inf
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    scale = np.median(np.linalg.norm(points, axis=1)) or 1.0
+    return float(np.median(steps) / scale)
+
+
+def check_point_file(path: str, load_dim: int) -> None:
+    """Refuse a point-cloud file that is not float32 points of
+    ``load_dim`` features (its size, or the continuity of its scan, says
+    so).
+
+    Raises:
+        PruningInputError: Naming the file and the ``load_dim`` it seems to
+            have.
+    """
+    values = np.fromfile(path, dtype=np.float32)
+    fits = [dim for dim in range(3, 9) if values.size % dim == 0]
+    if values.size % load_dim:
+        raise PruningInputError(
+            f'{path} holds {values.size} floats, not a whole number of '
+            f'points of load_dim={load_dim} features (it fits {fits}); give '
+            "a frame of this dataset's format or fix LoadPointsFromFile's "
+            'load_dim')
+    if _scan_jump(values, load_dim) <= 0.5:
+        return
+    likely = [dim for dim in fits if _scan_jump(values, dim) < 0.25]
+    if likely:
+        raise PruningInputError(
+            f'{path} reads as points of {likely[0]} features, not '
+            f"load_dim={load_dim}: read with {load_dim} the points' "
+            'coordinates are mixed up; give a frame of this dataset\'s '
+            "format or fix LoadPointsFromFile's load_dim")
+
+
 def _frame_batches(cfg: Config, model: nn.Module,
                    frames: Sequence[str]) -> List[dict]:
     missing = [path for path in frames if not osp.isfile(path)]
@@ -113,6 +156,10 @@ def _frame_batches(cfg: Config, model: nn.Module,
         raise PruningInputError(
             f'calibration frame(s) not found: {missing}; fix '
             'calibration.frames')
+    loader = cfg.test_dataloader.dataset.pipeline[0]
+    if loader['type'].split('.')[-1] == 'LoadPointsFromFile':
+        for path in frames:
+            check_point_file(path, int(loader.get('load_dim', 6)))
     pipeline_cfg = [
         transform for transform in copy.deepcopy(
             cfg.test_dataloader.dataset.pipeline)

@@ -13,17 +13,21 @@ nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.logging import MMLogger
-from mmengine.utils import ProgressBar
 
+from .errors import PruningInputError
 from .fileio import write_json
-from .masks import magnitude_order, mask_from_order, pruned_counts
+from .masks import magnitude_order, pruned_counts
+from .units import PruningUnit, WeightUnit
+from .progress import progress_bar
 from .sketch import GradientSketch
 from .targets import PruningTarget
 
@@ -31,23 +35,63 @@ from .targets import PruningTarget
 class CurveCache:
     """Curves of one fingerprint, in ``<folder>/<prefix>-<key[:16]>.json``.
 
+    A file that cannot be read, holds another key, or holds entries that are
+    not ``length`` finite numbers is not trusted: the bad entries (all of
+    them for an unreadable file) are discarded with a warning and measured
+    again.
+
     Args:
         folder: Where cache files live (None: no cache).
         key: The fingerprint the curves belong to.
         prefix: Start of the file name.
+        length: Values every entry holds (None: any number).
     """
 
     def __init__(self, folder: Optional[str], key: str,
-                 prefix: str = 'curves') -> None:
+                 prefix: str = 'curves',
+                 length: Optional[int] = None) -> None:
         self.key = key
+        self.length = length
         self.path = (osp.join(folder, f'{prefix}-{key[:16]}.json')
                      if folder else None)
         self.curves: Dict[str, List[float]] = {}
         if self.path and osp.isfile(self.path):
+            self.curves = self._read()
+
+    def _read(self) -> Dict[str, List[float]]:
+        logger = MMLogger.get_current_instance()
+        try:
             with open(self.path) as f:
                 stored = json.load(f)
-            if stored.get('key') == key:
-                self.curves = stored['curves']
+            curves = stored['curves'] if stored.get('key') == self.key \
+                else None
+            if curves is not None and not isinstance(curves, dict):
+                raise TypeError('curves is not a mapping')
+        except (OSError, ValueError, TypeError, KeyError,
+                AttributeError) as error:
+            logger.warning(f'cache {self.path} cannot be read ({error}); '
+                           'discarded, its curves are measured again')
+            return {}
+        if curves is None:
+            logger.warning(f'cache {self.path} belongs to other settings; '
+                           'discarded, its curves are measured again')
+            return {}
+        good = {name: curve for name, curve in curves.items()
+                if self._valid(curve)}
+        if len(good) < len(curves):
+            bad = sorted(set(curves) - set(good))
+            logger.warning(
+                f'cache {self.path} holds {len(bad)} malformed entries '
+                f'(e.g. {bad[0]}); they are measured again')
+        return good
+
+    def _valid(self, curve) -> bool:
+        if not isinstance(curve, list) or (self.length is not None
+                                           and len(curve) != self.length):
+            return False
+        return all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) for v in curve)
 
     def __contains__(self, name: str) -> bool:
         return name in self.curves
@@ -66,7 +110,65 @@ class CurveCache:
             write_json(self.path, dict(key=self.key, curves=self.curves))
 
 
-@torch.no_grad()
+def check_finite(distortion: float, name: str, num_pruned: int) -> float:
+    """Refuse a distortion that is NaN or Inf, naming the unit."""
+    if not math.isfinite(distortion):
+        raise PruningInputError(
+            f'pruning {num_pruned} elements of {name} gives a distortion of '
+            f'{distortion}: the pruned model\'s head outputs are not finite; '
+            f'exclude {name} with pruner.targets.exclude')
+    return float(distortion)
+
+
+def measure_curves(units: Sequence[PruningUnit],
+                   measure: Callable[[], float],
+                   cache: CurveCache,
+                   unpruned_distortion: float = 0.0,
+                   noun: str = 'units') -> Dict[str, np.ndarray]:
+    """Measure ``D_u(k)`` for every unit ``u`` and level ``k``.
+
+    Each unit is pruned alone (:meth:`PruningUnit.pruned`) at every
+    distinct level key and the distortion of the head outputs is measured;
+    a key of 0 (nothing pruned) reads ``unpruned_distortion``. Every
+    finished unit is written to ``cache`` at once.
+
+    Args:
+        units: What the curves prune.
+        measure: Runs the calibration set on the model as it is now and
+            returns the distortion against the reference outputs.
+        cache: Curves already measured, and where new ones go.
+        unpruned_distortion: ``measure()`` of the unpruned model.
+        noun: What the units are, for the log.
+
+    Returns:
+        dict[str, np.ndarray]: One curve per unit name.
+    """
+    logger = MMLogger.get_current_instance()
+    todo = [u for u in units if u.name not in cache]
+    if len(todo) < len(units):
+        logger.info(f'curves: {len(units) - len(todo)} of {len(units)} '
+                    f'{noun} loaded from {cache.path}')
+    passes = sum(len(set(u.level_keys.tolist()) - {0}) for u in todo)
+    if todo:
+        logger.info(f'curves: measuring {len(todo)} {noun}, {passes} '
+                    'passes of the calibration set')
+    with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(progress_bar(passes)) if passes \
+            else None
+        for unit in todo:
+            measured = {0: unpruned_distortion}
+            for key in unit.level_keys.tolist():
+                if key in measured:
+                    continue
+                with unit.pruned(key):
+                    measured[key] = check_finite(measure(), unit.name, key)
+                progress.update()
+            cache[unit.name] = np.array(
+                [measured[key] for key in unit.level_keys.tolist()],
+                dtype=np.float64)
+    return {u.name: cache[u.name] for u in units}
+
+
 def empirical_curves(targets: Sequence[PruningTarget],
                      sparsities: Sequence[float],
                      measure: Callable[[], float],
@@ -74,58 +176,16 @@ def empirical_curves(targets: Sequence[PruningTarget],
                      unpruned_distortion: float = 0.0,
                      orders: Optional[Sequence[torch.Tensor]] = None
                      ) -> Dict[str, np.ndarray]:
-    """Measure ``D_l(k)`` for every target ``l`` and level ``k``.
-
-    Args:
-        targets: The prunable layers.
-        sparsities: Pruned share of each level; level 0 must be 0.
-        measure: Runs the calibration set on the model as it is now and
-            returns the distortion against the reference outputs.
-        cache: Curves already measured, and where new ones go.
-        unpruned_distortion: ``measure()`` of the unpruned model, used for
-            level 0 of every layer.
-        orders: Per target, flat weight indices in pruning order (None:
-            smallest magnitude first).
-
-    Returns:
-        dict[str, np.ndarray]: One curve per target name.
-    """
-    logger = MMLogger.get_current_instance()
-    todo = [t for t in targets if t.name not in cache]
-    if len(todo) < len(targets):
-        logger.info(f'curves: {len(targets) - len(todo)} of {len(targets)} '
-                    f'layers loaded from {cache.path}')
-    if todo:
-        levels = len(sparsities) - 1
-        logger.info(f'curves: measuring {len(todo)} layers x {levels} '
-                    f'levels = {len(todo) * levels} passes of the '
-                    'calibration set')
-        progress = ProgressBar(len(todo) * levels)
-    order_of = {
-        t.name: order
-        for t, order in zip(targets, orders or [None] * len(targets))
-    }
-    for target in todo:
-        weight = target.weight
-        original = weight.detach().clone()
-        order = order_of[target.name]
-        if order is None:
-            order = magnitude_order(original)
-        counts = pruned_counts(original.numel(), sparsities)
-        curve = np.empty(len(sparsities))
-        curve[0] = unpruned_distortion
-        try:
-            for level in range(1, len(sparsities)):
-                mask = mask_from_order(order, original.shape, counts[level])
-                weight.copy_(original.masked_fill(~mask, 0.0))
-                curve[level] = measure()
-                progress.update()
-        finally:
-            weight.copy_(original)
-        cache[target.name] = curve
-    if todo:
-        print()
-    return {t.name: cache[t.name] for t in targets}
+    """:func:`measure_curves` of weight layers pruned at the pruned shares
+    ``sparsities`` (level 0 must be 0), in the order of ``orders``
+    (None: smallest magnitude first)."""
+    orders = orders or [magnitude_order(t.weight) for t in targets]
+    units = [
+        WeightUnit(t, order, pruned_counts(t.num_params, sparsities))
+        for t, order in zip(targets, orders)
+    ]
+    return measure_curves(units, measure, cache, unpruned_distortion,
+                          noun='layers')
 
 
 def saturate(quadratic: np.ndarray, ceiling: float) -> np.ndarray:
@@ -169,6 +229,9 @@ def taylor_curves(targets: Sequence[PruningTarget],
         raise ValueError('taylor_curves needs a sketch for uncached targets')
     for target, order in todo:
         counts = pruned_counts(target.num_params, sparsities)
-        cache[target.name] = saturate(
+        curve = saturate(
             sketch.curve(target.name, target.weight, order, counts), ceiling)
+        for count, value in zip(counts.tolist(), curve.tolist()):
+            check_finite(value, target.name, count)
+        cache[target.name] = curve
     return {t.name: cache[t.name] for t in targets}

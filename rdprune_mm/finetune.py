@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Optional
 
+import torch
 from mmengine.config import Config
+from mmengine.runner import Runner, find_latest_checkpoint
 
+from .checkpoint import mmengine_checkpoints
 from .errors import PruningInputError
+from .logging_utils import quiet_known_warnings
 
 _HOOK_TYPES = ('RDPruneHook', 'rdprune_mm.RDPruneHook')
 
@@ -33,7 +36,8 @@ def finetune_config(cfg: Config,
         work_dir: The runner's work dir (checkpoints, logs, curves).
         checkpoint: Trained checkpoint to start from (``load_from``).
         resume: Resume the latest checkpoint in ``work_dir``: masks and
-            rounds come back from it, nothing is calibrated again.
+            rounds come back from it, nothing is calibrated again. Without
+            one, training starts from ``checkpoint``.
     """
     cfg = copy.deepcopy(cfg)
     hooks = list(cfg.get('custom_hooks', None) or [])
@@ -52,10 +56,66 @@ def finetune_config(cfg: Config,
                                     dict(dataloader='train_dataloader'))))
     cfg.custom_hooks = hooks
     cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
-    cfg.resume = resume
-    if resume:
-        # mmengine 0.10.7 resumes with torch.load's default, which is
-        # weights_only=True since torch 2.6; its message hub needs pickle.
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    # mmengine resumes load_from when it is set, not the latest checkpoint
+    latest = find_latest_checkpoint(work_dir) if resume else None
+    cfg.load_from = latest or checkpoint
+    cfg.resume = latest is not None
     return cfg
+
+
+def prepare_runner_process() -> None:
+    """What a process that runs mmengine's Runner needs from rdprune_mm:
+    CPU support (:mod:`rdprune_mm.cpu`) when torch has no CUDA device, and
+    the known harmless warnings quieted."""
+    if not torch.cuda.is_available():
+        from .cpu import enable_cpu_support
+        enable_cpu_support()
+    quiet_known_warnings()
+
+
+def _checkpoints_of(cfg: Config) -> str:
+    """The checkpoint that the Runner of ``cfg`` loads, for messages."""
+    if cfg.get('load_from'):
+        return f'checkpoint {cfg.load_from}'
+    return f'the last checkpoint in {cfg.get("work_dir")}'
+
+
+def train_with_runner(cfg: Config) -> Runner:
+    """Build mmengine's Runner from ``cfg`` and train.
+
+    Before the Runner is built, :func:`prepare_runner_process` runs (CPU
+    support without CUDA); ``load_from`` and ``resume`` checkpoints are read
+    with torch's weights-only unpickler and mmengine's safe globals
+    (:func:`rdprune_mm.checkpoint.mmengine_checkpoints`).
+
+    Args:
+        cfg: A training config, e.g. :func:`finetune_config`'s.
+
+    Returns:
+        Runner: The runner, after training.
+
+    Raises:
+        PruningInputError: If a checkpoint to load holds objects other than
+            weights and mmengine's checkpoint contents.
+    """
+    prepare_runner_process()
+    runner = Runner.from_cfg(cfg)
+    with mmengine_checkpoints(_checkpoints_of(cfg)):
+        runner.train()
+    return runner
+
+
+def evaluate_with_runner(cfg: Config) -> dict:
+    """Build mmengine's Runner from ``cfg`` and test ``cfg.load_from``, as
+    :func:`train_with_runner` trains.
+
+    Args:
+        cfg: A config with a test dataloader and evaluator.
+
+    Returns:
+        dict: The evaluator's metrics.
+    """
+    prepare_runner_process()
+    runner = Runner.from_cfg(cfg)
+    with mmengine_checkpoints(_checkpoints_of(cfg)):
+        return runner.test()

@@ -13,6 +13,11 @@ the proposals, and the RoI head's outputs would no longer line up with the
 reference ones. :class:`HeadOutputs` therefore records each batch's proposals
 on its first pass and hands the same proposals to the RoI head on every later
 pass, so the RoI head's distortion is measured on the reference proposals.
+
+Every pass runs on clones of the batch's input tensors: some modules write
+into their inputs (mmdet3d's ``PillarFeatureNet`` with ``legacy=True``, its
+default, subtracts the pillar centres from the voxels in place), and a
+second pass over the same batch would otherwise see other inputs.
 """
 from __future__ import annotations
 
@@ -29,6 +34,18 @@ from .errors import PruningInputError
 _SINGLE_STAGE_HEADS = ('pts_bbox_head', 'bbox_head')
 #: Heads of a two-stage ``roi_head`` whose ``forward`` runs in predict.
 _ROI_SUBHEADS = ('semantic_head', 'bbox_head', 'mask_head')
+
+
+def clone_tensors(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples whose tensors are cloned
+    (other leaves are shared)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {key: clone_tensors(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(clone_tensors(item) for item in value)
+    return value
 
 
 class _HeadsDone(Exception):
@@ -166,7 +183,9 @@ class HeadOutputs:
         ]
         try:
             with self._fixed_proposals(batch):
-                self.model(**batch, mode='predict')
+                self.model(**{**batch,
+                              'inputs': clone_tensors(batch['inputs'])},
+                           mode='predict')
         except _HeadsDone:
             pass
         finally:

@@ -16,12 +16,14 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
 
 from .fileio import atomic_write
 
 CURVES_FILE = 'curves.png'
 ALLOCATION_FILE = 'allocation.png'
 PLOT_FILES = (CURVES_FILE, ALLOCATION_FILE)
+ADDITIVITY_FILE = 'additivity.png'
 
 _DPI = 120
 _MAX_TICK_LABELS = 60
@@ -231,3 +233,42 @@ def write_plots(report: dict, curves: Dict[str, np.ndarray],
     plot_curves(report, curves, curves_path)
     plot_allocation(report, allocation_path)
     return [curves_path, allocation_path]
+
+
+def plot_additivity(summary: dict, rd_point: dict, path: str) -> None:
+    """Measured joint distortion of random allocations against the sum of
+    the layers' curves, with the RD allocation as a star.
+
+    Args:
+        summary: :func:`rdprune_mm.additivity.summarize` output.
+        rd_point: ``predicted`` and ``measured`` of the RD allocation.
+        path: The PNG file to write.
+    """
+    fig = Figure(figsize=(6, 5), layout='tight')
+    ax = fig.add_subplot()
+    points = summary['points']
+    budgets = sorted({p['budget'] for p in points})
+    for budget in budgets:
+        chosen = [p for p in points if p['budget'] == budget]
+        ax.scatter([p['predicted'] for p in chosen],
+                   [p['measured'] for p in chosen],
+                   s=18, label=f'random, keep {budget:g}')
+    ax.scatter([rd_point['predicted']], [rd_point['measured']], marker='*',
+               s=160, color='black', label='RD allocation')
+    values = [v for p in points for v in (p['predicted'], p['measured'])]
+    values += [rd_point['predicted'], rd_point['measured']]
+    positive = [v for v in values if v > 0]
+    if positive:
+        low, high = min(positive), max(positive)
+        ax.plot([low, high], [low, high], 'k--', lw=0.8,
+                label='measured = sum')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel('predicted: sum of the layers\' curves')
+    ax.set_ylabel('measured: all layers pruned together')
+    ax.set_title(f'Spearman {summary["spearman"]:.3f}, median ratio '
+                 f'{summary["ratio_median"]:.3f}')
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict
 from typing import Any, Dict, Optional
 
-from .pruners.weight_pruner import PruningResult
+from .results import PruningResult
 
 _UNIT_DESCRIPTIONS = dict(
     params='share of the prunable layers\' weights kept',

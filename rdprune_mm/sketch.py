@@ -17,8 +17,8 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
-from mmengine.utils import ProgressBar
 
+from .progress import progress_bar
 from .targets import PruningTarget
 
 HeadTensors = Dict[str, torch.Tensor]
@@ -78,39 +78,38 @@ class GradientSketch:
         generator = torch.Generator().manual_seed(seed)
         params = [t.weight for t in targets]
         rows: Dict[str, List[torch.Tensor]] = {t.name: [] for t in targets}
-        progress = ProgressBar(len(batches) * num_projections)
-        requires_grad = [p.requires_grad for p in params]
-        try:
-            for param in params:
-                param.requires_grad_(True)
-            with torch.enable_grad():
-                for index, batch in enumerate(batches):
-                    outputs = head_outputs(batch)
-                    scales = weights[index].sqrt().tolist()
-                    for j in range(num_projections):
-                        projection = sum(
-                            (torch.randn(outputs[n].shape,
-                                         generator=generator).to(
-                                             outputs[n].device,
-                                             outputs[n].dtype) *
-                             outputs[n]).sum() * scale
-                            for n, scale in zip(sorted(outputs), scales))
-                        grads = torch.autograd.grad(
-                            projection,
-                            params,
-                            retain_graph=j < num_projections - 1,
-                            allow_unused=True)
-                        for target, grad in zip(targets, grads):
-                            if grad is None:
-                                grad = torch.zeros_like(target.weight)
-                            rows[target.name].append(
-                                grad.detach().flatten().float())
-                        progress.update()
-                    del outputs
-        finally:
-            for param, flag in zip(params, requires_grad):
-                param.requires_grad_(flag)
-        print()
+        with progress_bar(len(batches) * num_projections) as progress:
+            requires_grad = [p.requires_grad for p in params]
+            try:
+                for param in params:
+                    param.requires_grad_(True)
+                with torch.enable_grad():
+                    for index, batch in enumerate(batches):
+                        outputs = head_outputs(batch)
+                        scales = weights[index].sqrt().tolist()
+                        for j in range(num_projections):
+                            projection = sum(
+                                (torch.randn(outputs[n].shape,
+                                             generator=generator).to(
+                                                 outputs[n].device,
+                                                 outputs[n].dtype) *
+                                 outputs[n]).sum() * scale
+                                for n, scale in zip(sorted(outputs), scales))
+                            grads = torch.autograd.grad(
+                                projection,
+                                params,
+                                retain_graph=j < num_projections - 1,
+                                allow_unused=True)
+                            for target, grad in zip(targets, grads):
+                                if grad is None:
+                                    grad = torch.zeros_like(target.weight)
+                                rows[target.name].append(
+                                    grad.detach().flatten().float())
+                            progress.update()
+                        del outputs
+            finally:
+                for param, flag in zip(params, requires_grad):
+                    param.requires_grad_(flag)
         row_samples = torch.arange(len(batches)).repeat_interleave(
             num_projections)
         return cls({name: torch.stack(r) for name, r in rows.items()},

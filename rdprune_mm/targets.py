@@ -15,15 +15,15 @@ kind                                            weight layout       axis
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Iterable, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
 from .errors import PruningInputError
+from .patterns import matches_any
 
 
 @lru_cache(maxsize=None)
@@ -96,10 +96,6 @@ class PruningTarget:
             self.num_out_channels, -1)
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(re.search(pattern, name) for pattern in patterns)
-
-
 def find_targets(model: nn.Module,
                  include: Optional[Iterable[str]] = None,
                  exclude: Optional[Iterable[str]] = None
@@ -128,8 +124,8 @@ def find_targets(model: nn.Module,
         found.append(PruningTarget(name, module, *kind))
     selected = [
         target for target in found
-        if (not include or _matches(target.name, include))
-        and not _matches(target.name, exclude)
+        if (not include or matches_any(target.name, include))
+        and not matches_any(target.name, exclude)
     ]
     if not selected:
         examples = ', '.join(t.name for t in found[:5]) or 'none'

@@ -1,5 +1,6 @@
-"""Thread settings that must be made before numba is imported."""
+"""Thread settings that must be made before numba starts its threads."""
 import os
+import sys
 
 
 def limit_numba_threads() -> None:
@@ -9,10 +10,17 @@ def limit_numba_threads() -> None:
     OpenMP layer then sets the process's OpenMP threads to
     ``NUMBA_NUM_THREADS`` (all cores by default), and torch follows, so a run
     asked to use one thread would use all of them after the first
-    evaluation. numba reads the variable when it is imported, so this runs
-    first when ``rdprune_mm`` is imported. An explicit ``NUMBA_NUM_THREADS``
-    is left alone.
+    evaluation. This sets ``NUMBA_NUM_THREADS``, which numba reads when it
+    is imported; when numba was imported before but has not started its
+    threads yet, numba's configuration is read again. An explicit
+    ``NUMBA_NUM_THREADS`` is left alone.
     """
-    if os.environ.get('OMP_NUM_THREADS') and \
-            'NUMBA_NUM_THREADS' not in os.environ:
-        os.environ['NUMBA_NUM_THREADS'] = os.environ['OMP_NUM_THREADS']
+    count = os.environ.get('OMP_NUM_THREADS')
+    if not count or 'NUMBA_NUM_THREADS' in os.environ:
+        return
+    os.environ['NUMBA_NUM_THREADS'] = count
+    parallel = sys.modules.get('numba.np.ufunc.parallel')
+    if parallel is not None and not getattr(parallel, '_is_initialized', True):
+        from numba.core import config
+        config.reload_config()
+        parallel.NUM_THREADS = config.NUMBA_NUM_THREADS

@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+import rdprune_mm.cpu  # noqa: F401  (the tests run on CPU)
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LIDAR = osp.join(osp.dirname(REPO), 'shared', 'data', 'lidar')
 NUSCENES_FRAME = osp.join(
@@ -38,19 +40,19 @@ def load_tool(name):
 
 
 def assert_same_outputs_without_plugin(config, checkpoint, frame, outputs,
-                                       out_file):
+                                       out_file, runner_checkpoint=False):
     """Load ``checkpoint`` with mmdet3d alone (a subprocess that never
     imports rdprune_mm) and check its head outputs on ``frame`` against
-    ``outputs``."""
+    ``outputs``. A ``runner_checkpoint`` (mmengine's Runner saved it) is
+    loaded with mmengine's safe globals."""
+    env = {k: v for k, v in os.environ.items()
+           if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
     subprocess.run([
         sys.executable,
         osp.join(REPO, 'tests', 'load_without_plugin.py'), config,
-        checkpoint, frame, out_file
-    ], check=True, cwd=REPO, env=dict(
-        os.environ, OMP_NUM_THREADS='1',
-        # Runner checkpoints pickle their message hub; mmengine 0.10.7 calls
-        # torch.load with torch 2.13's weights_only=True default
-        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'))
+        checkpoint, frame, out_file, *(['--runner'] if runner_checkpoint
+                                       else [])
+    ], check=True, cwd=REPO, env=dict(env, OMP_NUM_THREADS='1'))
     without_plugin = torch.load(out_file)
     assert without_plugin.pop('rdprune_mm imported') is False
     assert sorted(without_plugin) == sorted(outputs)

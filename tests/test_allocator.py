@@ -1,32 +1,13 @@
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import pathlib
 import pickle
-import sys
 
 import numpy as np
 import pytest
 
-_PATH = pathlib.Path(__file__).parents[1] / 'rdprune_mm' / 'allocator.py'
-
-
-def _load():
-    name = 'rdprune_mm_allocator_standalone'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-allocator = _load()
-allocate = allocator.allocate
-Allocation = allocator.Allocation
-InfeasibleBudgetError = allocator.InfeasibleBudgetError
+from rdprune_mm.allocator import Allocation, InfeasibleBudgetError, allocate
 
 
 def _allowed(costs, min_keep=None, fixed_levels=None):
@@ -110,7 +91,9 @@ def test_integer_costs_match_brute_force():
 
 
 @pytest.mark.parametrize('integer', [False, True])
-def test_discretized_costs_bracket_brute_force(integer):
+def test_exact_where_the_rounded_dp_is_not(integer):
+    """With few budget units the rounded DP is not exact: the allocator is
+    (brute force), and never worse than the rounded DP's optimum."""
     rng = np.random.default_rng(1 + integer)
     for _ in range(200):
         dists, costs, budget = _instance(rng, integer=integer)
@@ -121,8 +104,8 @@ def test_discretized_costs_bracket_brute_force(integer):
         exact = _brute(dists, costs, budget, allowed)
         discrete = _discrete_optimum(dists, costs, budget, resolution,
                                      allowed)
-        assert exact <= result.distortion + 1e-9
-        assert np.isclose(result.distortion, discrete)
+        assert np.isclose(result.distortion, exact)
+        assert result.distortion <= discrete + 1e-9
 
 
 def test_bounds_match_restricted_brute_force():
@@ -257,3 +240,67 @@ def test_large_instance_solves():
     assert allocate(dists, costs, budget, min_keep=0.1) == result
     assert math.fsum(c[55] for c in costs) <= budget
     assert result.distortion <= math.fsum(d[55] for d in dists) + 1e-9
+
+
+def _pseudo_polynomial(dists, costs, budget):
+    """Least distortion over integer costs: a DP over every unit of the
+    budget (the reference the allocator must match exactly)."""
+    capacity = int(budget)
+    best = np.zeros(capacity + 1)  # least distortion within each budget
+    for d, c in zip(dists, costs):
+        new = np.full(capacity + 1, np.inf)
+        for dk, ck in zip(d, c.astype(int)):
+            if ck <= capacity:
+                new[ck:] = np.minimum(new[ck:], best[:capacity + 1 - ck] + dk)
+        best = new
+    return best[capacity]
+
+
+def test_integer_weight_counts_exact_beyond_the_resolution():
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        layers = int(rng.integers(6, 12))
+        sizes = rng.integers(200, 3000, size=layers)
+        shares = np.linspace(1, 0, 21)
+        costs = [np.floor(shares * n) for n in sizes]
+        dists = [np.cumsum(np.sort(rng.random(21))) * rng.random()
+                 for _ in range(layers)]
+        dists = [d - d[0] for d in dists]
+        budget = float(int(rng.uniform(0.2, 0.8) * sizes.sum()))
+        result = allocate(dists, costs, budget, resolution=100)
+        assert result.cost <= budget
+        assert result.distortion == pytest.approx(
+            _pseudo_polynomial(dists, costs, budget), abs=1e-12)
+
+
+def _equal_slope(dists, costs, budget, iters=100):
+    """The best feasible pick of ``argmin d + lam * c`` over a bisected
+    multiplier (an independent equal-slope search)."""
+    dist, cost = np.stack(dists), np.stack(costs)
+    rows = np.arange(len(dists))
+    low, high, best = 0.0, 1e12, math.inf
+    for _ in range(iters):
+        lam = 0.5 * (low + high)
+        levels = np.argmin(dist + lam * cost, axis=1)
+        if cost[rows, levels].sum() <= budget:
+            high = lam
+            best = min(best, float(dist[rows, levels].sum()))
+        else:
+            low = lam
+    return best
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_never_worse_than_equal_slope_on_large_instances(seed):
+    rng = np.random.default_rng(seed)
+    layers, levels = 120, 51
+    sizes = rng.integers(1_000, 2_400_000, size=layers)
+    shares = np.linspace(1, 0, levels)
+    costs = [np.floor(shares * n) for n in sizes]
+    dists = [np.concatenate(([0.0], np.cumsum(
+        rng.exponential(size=levels - 1)**3))) * a
+        for a in rng.lognormal(-4.0, 1.0, size=layers)]
+    budget = float(int(0.3 * sizes.sum()))
+    result = allocate(dists, costs, budget)
+    assert result.cost <= budget
+    assert result.distortion <= _equal_slope(dists, costs, budget) + 1e-9

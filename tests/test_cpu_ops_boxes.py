@@ -4,7 +4,6 @@ mmcv's own CPU kernels where they exist, else against the CUDA kernels'
 arithmetic written out in Python."""
 import importlib
 import math
-import time
 
 import numpy as np
 import pytest
@@ -457,13 +456,10 @@ def test_nms_rotated_float64_matches_mmcv_cpu():
 def test_nms_rotated_scales_to_rpn_proposals():
     dets, scores = bev_boxes(9000, 24, num_objects=40, region=70.0)
     nms_rotated(dets[:10], scores[:10], 0.8)  # compiled already, normally
-    start = time.perf_counter()
     keep = nms_rotated(dets, scores, 0.8)[1]
-    elapsed = time.perf_counter() - start
     assert 500 < len(keep) < 9000
     assert len(set(keep.tolist())) == len(keep)
-    # mmcv's O(n^2) CPU kernel needs about a minute here.
-    assert elapsed < 5.0
+    # its speed against mmcv's O(n^2) CPU kernel: benchmarks/bench_cpu_ops.py
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -267,14 +266,6 @@ def test_patch_after_failed_import(monkeypatch):
     patch_kitti_eval()
     np.testing.assert_allclose(
         np.diag(kitti_eval_py.bev_box_overlap(boxes, boxes)), 1, atol=1e-6)
-
-
-def test_speed_2000_boxes():
-    boxes = random_boxes(2000, seed=7, spread=40)
-    rotate_iou_cpu_eval(boxes[:2], boxes[:2])  # compiled or cached
-    start = time.perf_counter()
-    rotate_iou_cpu_eval(boxes, boxes)
-    assert time.perf_counter() - start < 5
 
 
 # --- end to end on the real KITTI frame 000008 -----------------------------

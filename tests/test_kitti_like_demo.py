@@ -19,6 +19,7 @@ import rdprune_mm.demo as demo
 import rdprune_mm.demo.steps as steps
 from rdprune_mm import PruningInputError
 from rdprune_mm.apis import read_checkpoint
+from rdprune_mm.mim import resolve_config
 
 # Two layers of the detector, 2 levels: a few calibration passes.
 TARGETS = 'pruner.targets.include=[backbone.blocks.1.0$,bbox_head.conv_reg]'
@@ -69,7 +70,7 @@ def test_config_trains_on_the_data_root_it_is_given(tmp_path):
     the database sampler of ObjectSample, the metric's infos)."""
     for config in (demo.TRAIN_CONFIG, demo.PRUNE_CONFIG):
         options = demo.data_root_options(config, str(tmp_path / 'd'))
-        cfg = Config.fromfile(config)
+        cfg = Config.fromfile(resolve_config(config))
         cfg.merge_from_dict(options)
         used = {k: v for k, v in cfg.to_dict().items()
                 if not k.startswith('_')}  # helper variables are not used
@@ -227,17 +228,16 @@ def test_benchmark_runs_every_method_within_every_budget(
                                same_as_one_shot=True), seconds=0.0)
 
     measured = []
-    import rdprune_mm.pruners.weight_pruner as weight_pruner
-    original = weight_pruner.empirical_curves
+    import rdprune_mm.pipeline.stages as stages
+    original = stages.measure_curves
 
-    def counting(targets, sparsities, measure, cache, *args, **kwargs):
-        measured.append(sum(t.name not in cache for t in targets))
-        return original(targets, sparsities, measure, cache, *args,
-                        **kwargs)
+    def counting(units, measure, cache, *args, **kwargs):
+        measured.append(sum(u.name not in cache for u in units))
+        return original(units, measure, cache, *args, **kwargs)
 
     monkeypatch.setattr(steps, 'evaluate', fake_evaluate)
     monkeypatch.setattr(steps, 'finetune', fake_finetune)
-    monkeypatch.setattr(weight_pruner, 'empirical_curves', counting)
+    monkeypatch.setattr(stages, 'measure_curves', counting)
     out = tmp_path / 'bench'
     bench_argv = [
         '--data-root', data_root, '--work-dir', str(work), '--out-dir',

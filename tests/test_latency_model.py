@@ -4,7 +4,6 @@ network of test_channel_pruner, with real timings."""
 import copy
 import itertools
 import json
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -141,24 +140,31 @@ def test_time_layers_sums_every_call_of_a_layer(monkeypatch):
 
 class SlowAfterConv1(TinyDetector):
     """The toy network with a slow weightless step after conv1's
-    BatchNorm (as a reshape or concatenation would be)."""
+    BatchNorm (as a reshape or concatenation would be): it advances a fake
+    clock by 0.2 s, and nothing else takes any time."""
+
+    clock = [0.0]
 
     def forward(self, inputs, data_samples=None, mode='predict'):
         a = self.bn1(self.conv1(inputs))
-        time.sleep(0.2)
+        self.clock[0] += 0.2
         a = torch.relu(a)
         b = torch.relu(self.bn2(self.conv2(a)))
         c = torch.relu(self.bn3(self.conv3(a)))
         return self.head(torch.cat([b, c], 1))
 
 
-def test_time_layers_counts_what_follows_a_layer_up_to_the_next():
+def test_time_layers_counts_what_follows_a_layer_up_to_the_next(
+        monkeypatch):
     torch.manual_seed(0)
     model = SlowAfterConv1().eval()
     _, batches = tiny_setup()
+    monkeypatch.setattr(
+        latency, 'time',
+        SimpleNamespace(perf_counter=lambda: SlowAfterConv1.clock[0]))
     seconds = time_layers(model, batches[0], LAYERS, ['head'], repeats=1)
-    assert seconds['conv1'] >= 0.2
-    assert all(seconds[name] < 0.2 for name in LAYERS if name != 'conv1')
+    assert seconds['conv1'] == pytest.approx(0.2)
+    assert all(seconds[name] == 0 for name in LAYERS if name != 'conv1')
 
 
 def test_latency_timed_on_slim_copies_then_read_from_the_cache(
@@ -178,7 +184,8 @@ def test_latency_timed_on_slim_copies_then_read_from_the_cache(
     def no_timing(*args, **kwargs):
         raise AssertionError('the timings were not read from the cache')
 
-    monkeypatch.setattr(channel_pruner, 'measure_latency_model', no_timing)
+    monkeypatch.setattr(
+        'rdprune_mm.channels.latency.measure_latency_model', no_timing)
     again = tiny_pruner(budget=1.0, budget_by='latency').prune(
         model, batches, cache_dir=cache)
     assert again.latency.to_dict() == latency.to_dict()
@@ -222,7 +229,7 @@ def injected_latency(monkeypatch, seed):
     to its own times at the uniform shares, which it reproduces exactly)."""
     model, _ = tiny_setup()
     fitted = fit_to(random_model(seed), find_channel_groups(model))
-    monkeypatch.setattr(channel_pruner, 'measure_latency_model',
+    monkeypatch.setattr('rdprune_mm.channels.latency.measure_latency_model',
                         lambda *args, **kwargs: fitted)
     return fitted
 
@@ -321,7 +328,7 @@ def test_latency_cap_below_the_fewest_channels_refused_before_curves(
     def no_curves(*args, **kwargs):
         raise AssertionError('curves measured before the cap was checked')
 
-    monkeypatch.setattr(channel_pruner.RDChannelPruner, 'channel_curves',
+    monkeypatch.setattr(channel_pruner.RDChannelPruner, 'curves',
                         no_curves)
     with pytest.raises(PruningInputError,
                        match=f'below {least:.4f}.*latency_budget'):

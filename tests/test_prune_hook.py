@@ -12,8 +12,9 @@ from mmengine.runner import Runner
 
 from conftest import (LIDAR, REPO, assert_same_outputs_without_plugin,
                       load_tool)
-from rdprune_mm.apis import build_detector
+from rdprune_mm.apis import build_detector, read_checkpoint
 from rdprune_mm.calibration import calibration_batches
+from rdprune_mm.checkpoint import mmengine_safe_globals
 from rdprune_mm.head_outputs import HeadOutputs
 from rdprune_mm.hooks import CHECKPOINT_KEY, RDPruneHook
 from rdprune_mm.pruners import RDWeightPruner
@@ -97,7 +98,7 @@ def test_every_checkpoint_holds_the_masks(finetuned):
     work_dir, runner, _ = finetuned
     hook = MaskCheck._prune_hook(runner)
     for name in ('iter_2.pth', 'iter_4.pth'):
-        state = torch.load(osp.join(work_dir, name), weights_only=False)
+        state = read_checkpoint(osp.join(work_dir, name))
         saved = state[CHECKPOINT_KEY]
         assert len(saved['history']) == 1
         for layer, mask in hook.masks.items():
@@ -107,8 +108,6 @@ def test_every_checkpoint_holds_the_masks(finetuned):
 
 @pytest.fixture
 def no_calibration(monkeypatch):
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-
     def refuse(*args, **kwargs):
         raise AssertionError('pruned again instead of restoring the masks')
 
@@ -118,11 +117,11 @@ def no_calibration(monkeypatch):
 def test_resume_restores_masks_without_calibrating(finetuned, tmp_path,
                                                    no_calibration):
     work_dir, runner, _ = finetuned
-    saved = torch.load(osp.join(work_dir, 'iter_2.pth'),
-                       weights_only=False)[CHECKPOINT_KEY]
+    saved = read_checkpoint(osp.join(work_dir, 'iter_2.pth'))[CHECKPOINT_KEY]
     resumed, check = _runner(
         tmp_path, resume=True, load_from=osp.join(work_dir, 'iter_2.pth'))
-    resumed.train()
+    with mmengine_safe_globals():
+        resumed.train()
     assert check.checked_iters == [2, 3]
     hook = MaskCheck._prune_hook(resumed)
     assert hook.rounds_done == 1
@@ -136,7 +135,8 @@ def test_load_from_pruned_checkpoint_does_not_prune_twice(
     fresh, check = _runner(
         tmp_path, load_from=osp.join(work_dir, 'iter_4.pth'),
         train_cfg=dict(max_iters=1))
-    fresh.train()
+    with mmengine_safe_globals():
+        fresh.train()
     assert check.checked_iters == [0]
     for layer, mask in MaskCheck._prune_hook(runner).masks.items():
         assert torch.equal(check.start_masks[layer].cpu(), mask.cpu())
@@ -173,7 +173,8 @@ def test_final_checkpoint_loads_without_plugin(finetuned):
         with_plugin = HeadOutputs(model)(batch)
     assert_same_outputs_without_plugin(
         detector, ckpt, FRAME, with_plugin,
-        osp.join(work_dir, 'outputs_without_plugin.pth'))
+        osp.join(work_dir, 'outputs_without_plugin.pth'),
+        runner_checkpoint=True)
 
 
 def test_prune_tool_finetune_and_resume(tmp_path, monkeypatch):

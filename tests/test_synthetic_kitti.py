@@ -8,8 +8,9 @@ import pickle
 
 import numpy as np
 import pytest
+import mmdet3d
 import torch
-from conftest import LIDAR, REPO, load_tool
+from conftest import LIDAR, load_tool
 from mmdet3d.evaluation import KittiMetric
 from mmdet3d.structures import (Box3DMode, CameraInstance3DBoxes,
                                 LiDARInstance3DBoxes)
@@ -28,9 +29,8 @@ from rdprune_mm.datasets.synthetic_kitti import in_image
 
 CLASSES = ['Pedestrian', 'Cyclist', 'Car']
 NUM_TRAIN, NUM_VAL, SEED = 3, 2, 0
-KITTI_3CLASS = osp.join(REPO, '.venv', 'lib', 'python3.11', 'site-packages',
-                        'mmdet3d', '.mim', 'configs', '_base_', 'datasets',
-                        'kitti-3d-3class.py')
+KITTI_3CLASS = osp.join(osp.dirname(mmdet3d.__file__), '.mim', 'configs',
+                        '_base_', 'datasets', 'kitti-3d-3class.py')
 
 
 def files_of(root):

@@ -6,5 +6,7 @@
 #   python .venv/lib/python3.11/site-packages/mmdet3d/.mim/tools/train.py \
 #       configs/kitti_like/second_tiny_kitti-like-3class.py
 _base_ = ['./_base_/second_tiny_kitti-like-3class.py']
-# CPU kernels for mmcv's CUDA-only ops, spconv's CPU backward, KittiMetric
-custom_imports = dict(imports=['rdprune_mm'], allow_failed_imports=False)
+# rdprune_mm.cpu: CPU kernels for mmcv's CUDA-only ops, spconv's CPU
+# backward, KittiMetric without CUDA
+custom_imports = dict(
+    imports=['rdprune_mm', 'rdprune_mm.cpu'], allow_failed_imports=False)

@@ -20,8 +20,8 @@ from .discover import (find_channel_groups, load_builtin_rules,
                        trace_channel_groups)
 from .export import (build_slim_detector, slim_config, slim_copy,
                      write_slim_outputs)
-from .groups import (ChannelGroup, ChannelLayer, cost_after, layer_fractions,
-                     total_cost_after)
+from .groups import (ChannelAttribute, ChannelGroup, ChannelLayer, cost_after,
+                     layer_fractions, total_cost_after)
 from .masking import apply_channel_mask, masked_channels
 from .registry import register_channel_rule
 from .slim import apply_structure, channel_structure, slim_model
@@ -30,7 +30,7 @@ from .verify import check_channel_groups
 
 __all__ = [
     'find_channel_groups', 'trace_channel_groups', 'load_builtin_rules',
-    'ChannelGroup', 'ChannelLayer', 'cost_after', 'total_cost_after',
+    'ChannelGroup', 'ChannelLayer', 'ChannelAttribute', 'cost_after', 'total_cost_after',
     'layer_fractions', 'apply_channel_mask', 'masked_channels',
     'slim_model', 'channel_structure', 'apply_structure',
     'register_channel_rule', 'ChannelTracer', 'Feature', 'ChannelRuleError',

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import importlib
-import re
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional
 
 from torch import nn
 
 from ..errors import PruningInputError
+from ..patterns import matches_any
 from .groups import ChannelGroup
 from .registry import exact_channel_rule, inherited_channel_rule
 from .tracer import ChannelTracer
 
 #: Modules of built-in rules; each is skipped if its library is missing.
-BUILTIN_RULES = ('rules_common', 'rules_mmdet', 'rules_mmdet3d')
+BUILTIN_RULES = ('rules_common', 'rules_mmdet', 'rules_mmdet3d',
+                 'rules_pointpillars', 'rules_pv_rcnn')
 _loaded = False
 
 
@@ -28,10 +29,6 @@ def load_builtin_rules() -> None:
         except ImportError:  # mmdet / mmdet3d not installed
             pass
     _loaded = True
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(re.search(pattern, name) for pattern in patterns)
 
 
 def trace_channel_groups(model: nn.Module,
@@ -99,9 +96,9 @@ def find_channel_groups(model: nn.Module,
     found = trace_channel_groups(model, exclude)
     selected = [
         group for group in found
-        if (not include or any(_matches(p.name, include)
+        if (not include or any(matches_any(p.name, include)
                                for p in group.producers))
-        and not any(_matches(p.name, exclude) for p in group.producers)
+        and not any(matches_any(p.name, exclude) for p in group.producers)
     ]
     if not selected:
         examples = ', '.join(g.name for g in found[:5]) or 'none'

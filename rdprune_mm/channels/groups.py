@@ -17,6 +17,11 @@ several layers share:
 
 Removing channel ``c`` removes the producers' output filters ``c``, the
 norms' entries ``index[c]`` and the consumers' input slices ``index[c]``.
+
+Some modules without weights size a tensor from a stored channel count
+(``PointPillarsScatter`` builds its BEV canvas with ``in_channels``
+channels): such a count is a group's :class:`ChannelAttribute`, lowered by
+:func:`~.slim.slim_model` with the channels it removes.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import PruningInputError
+from ..masks import mask_from_order
 
 #: Axis of the input channels in a layer's weight, per kind of
 #: :func:`rdprune_mm.targets.layer_kind`.
@@ -88,6 +94,39 @@ class ChannelLayer:
 
 
 @dataclass(eq=False)
+class ChannelAttribute:
+    """A module attribute that stores the channel count of a tensor which
+    holds a group's channels (e.g. ``PointPillarsScatter.in_channels``).
+
+    Args:
+        name: The module's name in the model.
+        module: The module.
+        attr: The attribute's name.
+        index: ``[num_channels, width]`` long tensor: the tensor channels
+            that group channel ``c`` occupies.
+    """
+
+    name: str
+    module: nn.Module
+    attr: str
+    index: torch.Tensor
+
+    @property
+    def axis_size(self) -> int:
+        """The attribute's value: the tensor's channel count."""
+        return int(getattr(self.module, self.attr))
+
+    def entries(self, channels: torch.Tensor) -> torch.Tensor:
+        """Flat tensor channels of the given group channels (sorted)."""
+        return self.index[channels].flatten().sort().values
+
+    def describe(self) -> dict:
+        """JSON-able summary: name, attribute and the index map's shape."""
+        return dict(name=self.name, attr=self.attr,
+                    width=self.index.shape[1])
+
+
+@dataclass(eq=False)
 class ChannelGroup:
     """Output channels that must be pruned together (see the module doc).
 
@@ -97,6 +136,8 @@ class ChannelGroup:
         producers: Layers whose output channels are the group's channels.
         norms: Normalization layers over the group's channels.
         consumers: Layers that read the group's channels.
+        attributes: Stored channel counts of tensors that hold the group's
+            channels (not layers: no weight is sliced).
     """
 
     name: str
@@ -104,6 +145,7 @@ class ChannelGroup:
     producers: List[ChannelLayer] = field(default_factory=list)
     norms: List[ChannelLayer] = field(default_factory=list)
     consumers: List[ChannelLayer] = field(default_factory=list)
+    attributes: List[ChannelAttribute] = field(default_factory=list)
 
     @property
     def layers(self) -> List[ChannelLayer]:
@@ -114,7 +156,10 @@ class ChannelGroup:
                 f'{self.num_channels}, producers='
                 f'{[p.name for p in self.producers]}, norms='
                 f'{[n.name for n in self.norms]}, consumers='
-                f'{[c.name for c in self.consumers]})')
+                f'{[c.name for c in self.consumers]}'
+                + (f', attributes='
+                   f"{[f'{a.name}.{a.attr}' for a in self.attributes]}"
+                   if self.attributes else '') + ')')
 
     @torch.no_grad()
     def channel_scores(self, kind: str = 'l2') -> torch.Tensor:
@@ -180,9 +225,9 @@ class ChannelGroup:
                 f'group {self.name} has {self.num_channels} channels, '
                 f'cannot keep {num_keep}; keep between 0 and '
                 f'{self.num_channels}')
-        keep = torch.ones(self.num_channels, dtype=torch.bool)
-        keep[self.channel_order(kind)[:self.num_channels - num_keep]] = False
-        return keep
+        return mask_from_order(self.channel_order(kind),
+                               (self.num_channels, ),
+                               self.num_channels - num_keep)
 
     @property
     def params_per_channel(self) -> int:
@@ -203,7 +248,8 @@ class ChannelGroup:
             num_channels=self.num_channels,
             producers=[p.describe() for p in self.producers],
             norms=[n.describe() for n in self.norms],
-            consumers=[c.describe() for c in self.consumers])
+            consumers=[c.describe() for c in self.consumers],
+            attributes=[a.describe() for a in self.attributes])
 
 
 def check_keeps(groups: Sequence[ChannelGroup],

@@ -27,6 +27,7 @@ allocator's separable tables: the product term through the upper bound of
 from __future__ import annotations
 
 import itertools
+import platform
 import statistics
 import time
 from contextlib import contextmanager
@@ -35,9 +36,13 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.logging import MMLogger
 from torch import nn
 
+from ..curves import CurveCache
+from ..fileio import fingerprint
 from ..head_outputs import HeadOutputs
+from ..progress import progress_bar
 from .costs import channel_counts, coverage, separable_costs
 from .export import slim_copy
 from .groups import ChannelGroup, layer_fractions
@@ -286,3 +291,53 @@ def measure_latency_model(model: nn.Module,
         if progress is not None:
             progress.update()
     return fit_latency_model(groups, shares, measured)
+
+
+@torch.no_grad()
+def cached_latency_model(model: nn.Module,
+                         groups: Sequence[ChannelGroup],
+                         layer_names: Sequence[str],
+                         reference: Mapping[str, torch.Tensor],
+                         batch: dict,
+                         cache_dir: Optional[str] = None,
+                         exclude: Sequence[str] = (),
+                         head_modules: Optional[Sequence[str]] = None,
+                         shares: Sequence[float] = LATENCY_SHARES,
+                         repeats: int = 3) -> LatencyModel:
+    """:func:`measure_latency_model`, cached beside the curves.
+
+    The key is the architecture, the groups, the frame (through its
+    ``reference`` head outputs), the timing settings, the device, the
+    thread count and the torch version.
+    """
+    logger = MMLogger.get_current_instance()
+    device = next(model.parameters()).device
+    key = fingerprint(
+        sorted(reference.items()),
+        extra=dict(timing='segments to the next layer',
+                   architecture=str(model),
+                   groups={g.name: g.num_channels for g in groups},
+                   shares=tuple(shares),
+                   repeats=repeats,
+                   device=str(device),
+                   device_name=(torch.cuda.get_device_name(device)
+                                if device.type == 'cuda' else
+                                platform.processor() or platform.machine()),
+                   threads=torch.get_num_threads(),
+                   torch=torch.__version__))
+    cache = CurveCache(cache_dir, key, prefix='latency',
+                       length=len(shares))
+    if all(name in cache for name in layer_names):
+        logger.info(f'latency: {len(layer_names)} layers loaded from '
+                    f'{cache.path}')
+        return fit_latency_model(groups, shares,
+                                 {name: cache[name] for name in layer_names})
+    logger.info(f'latency: timing {len(layer_names)} layers on slim copies '
+                f'at kept shares {list(shares)} on {device} ({repeats} '
+                'passes each)')
+    with progress_bar(len(shares)) as progress:
+        latency = measure_latency_model(model, groups, batch, layer_names,
+                                        exclude, head_modules, shares,
+                                        repeats, progress=progress)
+    cache.update({name: latency.measured[name] for name in layer_names})
+    return latency

@@ -7,7 +7,9 @@ attributes that describe their sizes (``in_channels`` / ``out_channels``,
 ``weight_shape``). The modules' ``forward`` methods read channel counts
 from the tensors, not from stored config values, so the slimmed detector
 runs as before; container attributes such as ``SECONDFPN.out_channels`` or
-``CenterHead.in_channels`` keep their config values.
+``CenterHead.in_channels`` keep their config values. Stored counts that a
+``forward`` does read (a group's :class:`~.groups.ChannelAttribute`, e.g.
+``PointPillarsScatter.in_channels``) are lowered with the channels removed.
 
 The slimmed model remembers which of its original channels every group
 keeps (:func:`channel_structure`, JSON-able); :func:`apply_structure`
@@ -18,7 +20,8 @@ Parameters are replaced, so an optimizer must be built after slimming.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import (Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import torch
 from torch import nn
@@ -100,7 +103,7 @@ class _Plan:
 def _check_model(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
     own = {id(module) for module in model.modules()}
     for group in groups:
-        for layer in group.layers:
+        for layer in (*group.layers, *group.attributes):
             if id(layer.module) not in own:
                 raise PruningInputError(
                     f'channel group {group.name} holds {layer.name}, which '
@@ -130,6 +133,7 @@ def slim_model(model: nn.Module, groups: Sequence[ChannelGroup],
     keeps = check_keeps(groups, keeps, allow_empty=False)
     _check_model(model, groups)
     plans: Dict[int, _Plan] = {}
+    counts: Dict[Tuple[int, str], list] = {}
     changed = []
     for group in groups:
         keep = keeps.get(group.name)
@@ -140,8 +144,16 @@ def slim_model(model: nn.Module, groups: Sequence[ChannelGroup],
         for layer in group.layers:
             plan = plans.setdefault(id(layer.module), _Plan(layer.module))
             plan.drop(layer.axis, layer.axis_size, layer.entries(pruned))
+        for attribute in group.attributes:
+            entry = counts.setdefault(
+                (id(attribute.module), attribute.attr),
+                [attribute, set()])
+            entry[1].update(attribute.entries(pruned).tolist())
     for plan in plans.values():
         plan.apply()
+    for attribute, removed in counts.values():
+        setattr(attribute.module, attribute.attr,
+                attribute.axis_size - len(removed))
     _record_structure(model, changed)
     return channel_structure(model)
 

@@ -8,7 +8,9 @@ channels to the tensor's channels. Layers that must see the same channels
 (residual adds, one layer run on several inputs) unite their spaces. Every
 space that survives the trace with producers and consumers, and that is not
 *fixed* (the model's inputs and outputs, channels read by a module without a
-rule), becomes a :class:`~.groups.ChannelGroup`.
+rule), becomes a :class:`~.groups.ChannelGroup`. A layer that reads one
+space at several places of its input (``torch.cat([x, x])``) is one entry
+of the group whose index map has one column per place.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from ..errors import PruningInputError
+from ..patterns import matches_any
 from ..targets import layer_kind
-from .groups import IN_AXES, ChannelGroup, ChannelLayer
+from .groups import IN_AXES, ChannelAttribute, ChannelGroup, ChannelLayer
 from .registry import exact_channel_rule, inherited_channel_rule
 
 
@@ -104,10 +107,6 @@ def iter_features(value: Any) -> Iterator[Feature]:
             yield from iter_features(item)
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(re.search(pattern, name) for pattern in patterns)
-
-
 def _owns_parameters(module: nn.Module) -> bool:
     return (next(module.parameters(recurse=False), None) is not None
             or isinstance(module, _NormBase))
@@ -132,6 +131,8 @@ class ChannelTracer:
         self._size: List[int] = []
         self._fixed: Dict[int, str] = {}
         self._records: List[_Record] = []
+        self._attributes: List[Tuple[str, nn.Module, str, int,
+                                     torch.Tensor]] = []
         self._produced: Dict[str, Feature] = {}
         self._read: Dict[str, Feature] = {}
         self.visited: set = set()
@@ -280,27 +281,55 @@ class ChannelTracer:
         self._record('norm', name, module, 'norm', 0, x)
         return x
 
+    def channel_count(self, module: nn.Module, attr: str,
+                      x: Feature) -> Feature:
+        """Declare that ``module.attr`` stores the channel count of ``x``
+        (e.g. the canvas channels of ``PointPillarsScatter``): slimming
+        lowers it by the channels it removes from ``x``.
+
+        Args:
+            module: The module whose ``forward`` reads the attribute.
+            attr: The attribute's name.
+            x: The feature whose channels it counts.
+
+        Returns:
+            Feature: ``x``.
+        """
+        name = self.name_of(module)
+        value = getattr(module, attr)
+        if x.is_unknown:
+            return x
+        if int(value) != x.num_channels:
+            raise ChannelRuleError(
+                f'{name}.{attr} is {value}, but the channel rules feed it '
+                f'{x.num_channels} channels')
+        for space, index in x.segments:
+            self._attributes.append((name, module, attr, space, index))
+        return x
+
     def passthrough(self, module: nn.Module, x: Any) -> Any:
         """Rule of a layer that keeps channels and maps 0 to 0 (ReLU,
         pooling, upsampling, dropout)."""
         self.visited.add(self.name_of(module))
         return x
 
-    def call(self, module: nn.Module, *inputs: Any) -> Any:
+    def call(self, module: nn.Module, *inputs: Any, **kwargs: Any) -> Any:
         """Run a module's channel rule on the features it receives.
 
         A module without a rule (or whose class overrides what an inherited
         rule mirrors) is refused if it holds parameters, unless its name
         matches an ``opaque`` pattern; it is then a black box, like a module
         without parameters: the channels it reads are kept and its output
-        has unknown channels.
+        has unknown channels. Keyword inputs go to rules only (layers and
+        black boxes read them as positional ones).
         """
         name = self.name_of(module)
         cls = type(module)
         rule = exact_channel_rule(cls)
         if rule is not None:
             self.visited.add(name)
-            return rule(self, module, *inputs)
+            return rule(self, module, *inputs, **kwargs)
+        inputs = (*inputs, *kwargs.values())
         if layer_kind(module) is not None:
             return self.weight_layer(module, *inputs)
         if isinstance(module, _BatchNorm):
@@ -328,7 +357,7 @@ class ChannelTracer:
         name = self.name_of(module)
         has_parameters = any(_owns_parameters(m) for m in module.modules())
         why = f' ({reason})' if reason else ''
-        if has_parameters and not _matches(name, self.opaque):
+        if has_parameters and not matches_any(name, self.opaque):
             raise PruningInputError(
                 f'no channel rule for {type(module).__name__} at '
                 f"'{name}'{why}, which holds layers with parameters; "
@@ -352,7 +381,7 @@ class ChannelTracer:
             name for name, module in self.model.named_modules()
             if _owns_parameters(module) and name not in self.visited
             and not any(name.startswith(p) for p in self._opaque_prefixes)
-            and not _matches(name, self.opaque)
+            and not matches_any(name, self.opaque)
         ]
         if missing:
             raise PruningInputError(
@@ -364,31 +393,55 @@ class ChannelTracer:
 
     def groups(self) -> List[ChannelGroup]:
         """The channel groups: united spaces with producers and consumers
-        that are not fixed, ordered by their first producer in the trace."""
-        found: Dict[int, Dict[str, List[ChannelLayer]]] = {}
-        seen: Dict[int, set] = {}
+        that are not fixed, ordered by their first producer in the trace.
+
+        A layer recorded several times in one group with different index
+        maps (it reads the group's channels at several places) becomes one
+        entry whose index map puts the places side by side."""
+        found: Dict[int, Dict[str, Dict[str, list]]] = {}
         for record in self._records:
             root = self.find(record.space)
             if root in self._fixed:
                 continue
             entry = found.setdefault(
-                root, dict(producer=[], norm=[], consumer=[]))
-            key = (record.role, record.name,
-                   record.index.numpy().tobytes(), record.index.shape)
-            if key in seen.setdefault(root, set()):
+                root, dict(producer={}, norm={}, consumer={}))
+            layer = entry[record.role].setdefault(
+                record.name, [record, []])
+            if not any(i.shape == record.index.shape
+                       and torch.equal(i, record.index) for i in layer[1]):
+                layer[1].append(record.index)
+        attributes: Dict[int, Dict[Tuple[str, str], list]] = {}
+        for name, module, attr, space, index in self._attributes:
+            root = self.find(space)
+            if root in self._fixed:
                 continue
-            seen[root].add(key)
-            entry[record.role].append(
+            item = attributes.setdefault(root, {}).setdefault(
+                (name, attr), [module, []])
+            if not any(i.shape == index.shape and torch.equal(i, index)
+                       for i in item[1]):
+                item[1].append(index)
+
+        def layers(records: Dict[str, list]) -> List[ChannelLayer]:
+            return [
                 ChannelLayer(record.name, record.module, record.kind,
-                             record.axis, record.index))
+                             record.axis, torch.cat(indices, 1))
+                for record, indices in records.values()
+            ]
+
         groups = []
         for root, entry in found.items():
             if not entry['producer'] or not entry['consumer']:
                 continue
+            producers = layers(entry['producer'])
             groups.append(
-                ChannelGroup(entry['producer'][0].name, self._size[root],
-                             entry['producer'], entry['norm'],
-                             entry['consumer']))
+                ChannelGroup(
+                    producers[0].name, self._size[root], producers,
+                    layers(entry['norm']), layers(entry['consumer']), [
+                        ChannelAttribute(name, module, attr,
+                                         torch.cat(indices, 1))
+                        for (name, attr), (module, indices) in
+                        attributes.get(root, {}).items()
+                    ]))
         first = {}
         for position, record in enumerate(self._records):
             if record.role == 'producer':

@@ -1,9 +1,9 @@
 """CPU implementations of the mmcv ops that ship only CUDA kernels.
 
-Importing :mod:`rdprune_mm` calls :func:`install_cpu_fallbacks`, after which
-mmdet3d's LiDAR detectors run predict, loss and backward on CPU tensors and
-KittiMetric evaluates without a CUDA driver. CUDA tensors still reach mmcv's
-CUDA kernels unchanged.
+Importing :mod:`rdprune_mm.cpu` calls :func:`install_cpu_fallbacks`, after
+which mmdet3d's LiDAR detectors run predict, loss and backward on CPU
+tensors and KittiMetric evaluates without a CUDA driver. CUDA tensors still
+reach mmcv's CUDA kernels unchanged.
 """
 # Importing a kernel module registers its kernels and overrides.
 from . import (grouping, iou3d, kitti_eval, neighbours,  # noqa: F401

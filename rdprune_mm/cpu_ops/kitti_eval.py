@@ -27,8 +27,8 @@ The test is numba's and not torch's because the kernel is numba's: a CPU
 build of torch on a GPU host still has a working numba kernel, and
 torch's view of CUDA says nothing about whether numba finds the driver.
 The test runs when the evaluation first imports the module, not when
-:mod:`rdprune_mm` is imported, so importing the package never initializes
-CUDA.
+:mod:`rdprune_mm.cpu` is imported, so switching CPU support on never
+initializes CUDA.
 """
 from __future__ import annotations
 

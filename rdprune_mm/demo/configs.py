@@ -11,11 +11,13 @@ from typing import Any, Dict, Optional, Sequence
 from mmengine.config import Config, DictAction
 
 from ..errors import PruningInputError
+from ..mim import resolve_config
 
-#: Training and evaluation config of the dense detector.
-TRAIN_CONFIG = 'configs/kitti_like/second_tiny_kitti-like-3class.py'
+#: Training and evaluation config of the dense detector (in the package's
+#: installed configs, :mod:`rdprune_mm.mim`).
+TRAIN_CONFIG = 'rdprune_mm::kitti_like/second_tiny_kitti-like-3class.py'
 #: Pruning (and fine-tuning) config.
-PRUNE_CONFIG = 'configs/kitti_like/rd-weight_second_tiny_kitti-like.py'
+PRUNE_CONFIG = 'rdprune_mm::kitti_like/rd-weight_second_tiny_kitti-like.py'
 #: Where the demo writes its simulated dataset by default.
 DATA_ROOT = 'data/kitti_like'
 #: The classes the detector is trained on and evaluated for.
@@ -35,17 +37,19 @@ def load_config(config: str, options: Optional[dict] = None) -> Config:
     Python, only unformatted.
 
     Args:
-        config: Path of the config file.
+        config: Path of the config file, or ``'<package>::<path>'``
+            (:func:`rdprune_mm.mim.resolve_config`).
         options: ``--cfg-options`` to merge (dotted keys).
 
     Returns:
         Config: A copy the caller may change (the file is read again when
         it was modified since).
     """
-    key = (osp.abspath(config), osp.getmtime(config),
+    path = resolve_config(config)
+    key = (osp.abspath(path), osp.getmtime(path),
            json.dumps(options or {}, sort_keys=True, default=str))
     if key not in _CONFIG_CACHE:
-        cfg = Config.fromfile(config, format_python_code=False)
+        cfg = Config.fromfile(path, format_python_code=False)
         if options:
             cfg.merge_from_dict(options)
         _CONFIG_CACHE[key] = cfg

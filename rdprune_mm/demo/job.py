@@ -12,6 +12,7 @@ from mmengine.logging import MMLogger
 
 from ..errors import PruningInputError
 from ..fileio import write_json, write_text
+from ..mim import resolve_config
 from . import steps
 from .configs import CLASSES, config_digest, job_options, pruner_settings
 from .report import environment, format_ap, results_table
@@ -46,15 +47,10 @@ class Job:
     def __init__(self, args: argparse.Namespace,
                  log: Callable[[str], Any]) -> None:
         for path in (args.train_config, args.prune_config):
-            if not osp.isfile(path):
+            if not osp.isfile(resolve_config(path)):
                 raise PruningInputError(
-                    f'config {path} does not exist; run from the repository '
-                    'root or fix --train-config / --prune-config')
-        # mmengine 0.10.7 loads Runner checkpoints (load_from, resume) with
-        # torch.load's default, weights_only=True since torch 2.6, and a
-        # Runner checkpoint pickles its message hub. Only checkpoints that
-        # this job wrote are read.
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+                    f'config {path} does not exist; fix --train-config / '
+                    '--prune-config')
         self.args = args
         self.log = log
         self.work_dir = args.work_dir
@@ -187,8 +183,8 @@ class Job:
               folder: StepDir,
               options: dict,
               curves_dir: Optional[str] = None) -> dict:
-        """One-shot pruning of the dense model with ``tools/prune.py``
-        (reused when done before).
+        """One-shot pruning of the dense model with
+        :func:`rdprune_mm.apis.prune_detector` (reused when done before).
 
         Args:
             folder: The run's folder (:meth:`pruned_dir`).
@@ -332,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
     table = results_table(results)
     write_text(osp.join(work_dir, 'results.md'), table)
     write_json(osp.join(work_dir, 'results.json'), results)
-    print(table)
+    log('results:\n' + table)
     log(f'wrote results.md and results.json to {work_dir}; this run took '
         f'{job.seconds["total"]:.0f} s (' + ', '.join(
             f'{k} {v:.0f} s' for k, v in job.seconds.items()

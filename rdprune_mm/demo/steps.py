@@ -2,32 +2,26 @@
 the measurements of the models they make."""
 from __future__ import annotations
 
-import functools
-import importlib.util
 import os
 import os.path as osp
 import shutil
 import statistics
 import time
-from types import ModuleType
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 
-from ..apis import build_detector, read_checkpoint
+from ..apis import build_detector, prune_detector, read_checkpoint
 from ..calibration import dataloader_batches
 from ..datasets import (create_kitti_infos, infos_exist,
                         write_kitti_like_dataset)
 from ..errors import PruningInputError
-from ..finetune import finetune_config
+from ..finetune import (evaluate_with_runner, finetune_config,
+                        train_with_runner)
 from .configs import CLASSES, load_config, merge_options
 from .step_dir import file_digest, last_checkpoint, read_json
-
-#: The repository root (``tools/prune.py`` lives there).
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: No validation inside training: the demo evaluates each model once, in
 #: its own step (mmengine validates after the last epoch otherwise).
@@ -122,8 +116,7 @@ def train(config: str, options: Optional[dict], work_dir: str,
     start = time.perf_counter()
     cfg = runner_config(config, merge_options(options, NO_VAL), work_dir,
                         'dense', resume=resume)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    runner = train_with_runner(cfg)
     checkpoint = last_checkpoint(work_dir)
     return dict(
         checkpoint=checkpoint,
@@ -151,7 +144,7 @@ def evaluate(config: str, options: Optional[dict], checkpoint: str,
     cfg = runner_config(config, options, work_dir, name, load_from=checkpoint)
     threads = torch.get_num_threads()
     try:
-        metrics = Runner.from_cfg(cfg).test()
+        metrics = evaluate_with_runner(cfg)
     finally:
         # KittiMetric's parallel numba kernel sets the process's OpenMP
         # threads to numba's count (all cores); torch would follow
@@ -185,21 +178,12 @@ def kitti_ap(metrics: dict, ap: str = 'AP40') -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _prune_tool() -> ModuleType:
-    """``tools/prune.py``, imported once (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        'rdprune_mm_tool_prune', osp.join(REPO, 'tools', 'prune.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def prune(config: str, checkpoint: str, work_dir: str,
           options: Optional[dict]) -> dict:
-    """One-shot pruning with ``tools/prune.py`` on the device that
-    mmengine's Runner trains on (CUDA when there is one): pruned.pth,
-    allocation.json, curve cache, plots; earlier outputs replaced.
+    """One-shot pruning (:func:`rdprune_mm.apis.prune_detector`) on the
+    device that mmengine's Runner trains on (CUDA when there is one):
+    pruned.pth, allocation.json, curve cache, plots; earlier outputs
+    replaced.
 
     Args:
         config: The pruning config.
@@ -212,14 +196,13 @@ def prune(config: str, checkpoint: str, work_dir: str,
         ``allocation.json``, the number of pruned layers and seconds.
     """
     start = time.perf_counter()
-    tool = _prune_tool()
-    args = tool.parse_args([
-        config, '--checkpoint', checkpoint, '--work-dir', work_dir,
-        '--device', 'cuda' if torch.cuda.is_available() else 'cpu',
-        '--overwrite'
-    ])
-    args.cfg_options = dict(options or {}) or None
-    report = tool.run(args)
+    report = prune_detector(
+        config,
+        checkpoint,
+        work_dir,
+        'cuda' if torch.cuda.is_available() else 'cpu',
+        overwrite=True,
+        **(options or {}))
     return dict(
         checkpoint=osp.join(work_dir, 'pruned.pth'),
         budget=report['budget'],
@@ -231,7 +214,7 @@ def prune(config: str, checkpoint: str, work_dir: str,
 def finetune(config: str, checkpoint: str, work_dir: str,
              options: Optional[dict]) -> dict:
     """Prune again inside mmengine's Runner and fine-tune with the masks
-    held, as ``tools/prune.py --finetune`` does.
+    held, as ``rdprune-mm prune --finetune`` does.
 
     :func:`rdprune_mm.finetune.finetune_config` adds an ``RDPruneHook``
     from the config's pruner and calibration and loads the dense model.
@@ -254,7 +237,7 @@ def finetune(config: str, checkpoint: str, work_dir: str,
     cfg = load_config(config, merge_options(options, NO_VAL))
     cfg = finetune_config(cfg, work_dir, checkpoint, resume)
     cfg.experiment_name = 'finetune'
-    Runner.from_cfg(cfg).train()
+    train_with_runner(cfg)
     final = last_checkpoint(work_dir)
     check = check_masks(final, osp.join(work_dir, 'pruned.pth'))
     return dict(

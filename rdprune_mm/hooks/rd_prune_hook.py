@@ -18,6 +18,7 @@ from torch import nn
 from ..calibration import calibration_batches
 from ..errors import PruningInputError
 from ..masks import apply_masks
+from ..pipeline import check_budget
 from ..registry import PRUNERS
 
 #: Key of the pruning state in every checkpoint the runner saves.
@@ -85,11 +86,10 @@ class RDPruneHook(Hook):
         self._step_handles: list = []
 
     def _check_rounds(self) -> None:
-        budgets = [r.get('budget') for r in self.rounds]
-        if any(b is None or not 0 < b <= 1 for b in budgets):
-            raise PruningInputError(
-                f'RDPruneHook rounds need a budget in (0, 1] each, got '
-                f'{budgets}; e.g. rounds=[dict(at=0, budget=0.5)]')
+        for index, round_cfg in enumerate(self.rounds):
+            check_budget(round_cfg.get('budget'),
+                         key=f'RDPruneHook rounds[{index}].budget')
+        budgets = [r['budget'] for r in self.rounds]
         if budgets != sorted(budgets, reverse=True):
             raise PruningInputError(
                 f'RDPruneHook round budgets {budgets} must not rise: a later '

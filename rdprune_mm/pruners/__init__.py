@@ -1,9 +1,12 @@
-from .channel_pruner import (ChannelPruningResult, GroupAllocation,
-                             RDChannelPruner)
+from ..results import (ChannelPruningResult, GroupAllocation,
+                       LayerAllocation, PruningResult)
+from .channel_baseline_pruner import ChannelBaselinePruner
+from .channel_pruner import RDChannelPruner
 from .magnitude_pruner import MagnitudeWeightPruner
-from .weight_pruner import PruningResult, RDWeightPruner
+from .weight_pruner import RDWeightPruner
 
 __all__ = [
     'RDWeightPruner', 'MagnitudeWeightPruner', 'PruningResult', 'RDChannelPruner',
-    'ChannelPruningResult', 'GroupAllocation'
+    'ChannelBaselinePruner', 'ChannelPruningResult', 'GroupAllocation',
+    'LayerAllocation'
 ]

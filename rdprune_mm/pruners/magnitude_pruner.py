@@ -1,7 +1,8 @@
 """The baselines RD pruning is compared with, as a pruner of their own.
 
 Uniform, global magnitude, LAMP and ERK differ from RD only in how many
-weights each layer keeps (:mod:`rdprune_mm.baselines`); masks, budgets in
+weights each layer keeps (:mod:`rdprune_mm.baselines`): their allocate stage
+is the baseline rule instead of curves and the DP. Masks, budgets in
 parameters or FLOPs, the measured distortion, the report, the hook and
 fine-tuning are the same. Select one in a config with::
 
@@ -11,23 +12,23 @@ fine-tuning are the same. Select one in a config with::
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..baselines import BASELINE_METHODS, baseline_masks
-from ..errors import PruningInputError
 from ..masks import apply_masks
-from ..registry import DISTORTIONS, PRUNERS
-from ..targets import PruningTarget, find_targets
-from .weight_pruner import (BUDGET_UNITS, PruningResult, calibrate,
-                            layer_allocations, log_result)
+from ..pipeline import (PruningPipeline, PruningState, check_choice,
+                        check_ignored_settings)
+from ..registry import PRUNERS
+from ..results import PruningResult
+from .weight_pruner import BUDGET_UNITS, layer_allocations
 
 
 @PRUNERS.register_module()
-class MagnitudeWeightPruner:
+class MagnitudeWeightPruner(PruningPipeline):
     """Unstructured magnitude pruning with a baseline layer allocation.
 
     Args:
@@ -49,6 +50,7 @@ class MagnitudeWeightPruner:
     """
 
     RD_SETTINGS = ('num_levels', 'curves', 'ranking', 'sketch', 'resolution')
+    unit_noun = 'layers'
 
     def __init__(self,
                  allocation: str = 'lamp',
@@ -59,84 +61,55 @@ class MagnitudeWeightPruner:
                  min_keep: float = 0.0,
                  head_modules: Optional[Sequence[str]] = None,
                  **rd_settings) -> None:
-        unknown = sorted(set(rd_settings) - set(self.RD_SETTINGS))
-        if unknown:
-            raise PruningInputError(
-                f'MagnitudeWeightPruner got unknown settings {unknown}; '
-                'remove them from the pruner config')
-        if allocation not in BASELINE_METHODS:
-            raise PruningInputError(
-                f'allocation {allocation!r} is not one of {BASELINE_METHODS};'
-                ' fix pruner.allocation')
-        if not 0 < budget <= 1:
-            raise PruningInputError(
-                f'budget {budget} is outside (0, 1]: it is the share to '
-                'keep, e.g. pruner.budget=0.25 keeps a quarter')
-        if budget_by not in BUDGET_UNITS:
-            raise PruningInputError(
-                f'budget_by {budget_by!r} is not one of {BUDGET_UNITS}; fix '
-                'pruner.budget_by')
-        self.allocation = allocation
-        self.budget = budget
-        self.budget_by = budget_by
-        self.targets_cfg = dict(targets or {})
-        self.distortion = DISTORTIONS.build(
-            dict(distortion or dict(type='NormalizedMSE')))
-        self.min_keep = min_keep
-        self.head_modules = head_modules
+        check_ignored_settings(rd_settings, self.RD_SETTINGS, 'MagnitudeWeightPruner')
+        self.allocation = check_choice(allocation, BASELINE_METHODS,
+                                       'pruner.allocation')
+        super().__init__(budget, distortion, min_keep, head_modules,
+                         targets)
+        self.budget_by = check_choice(budget_by, BUDGET_UNITS,
+                                      'pruner.budget_by')
 
-    def find_targets(self, model: nn.Module) -> List[PruningTarget]:
-        return find_targets(model, self.targets_cfg.get('include'),
-                            self.targets_cfg.get('exclude'))
+    def setup(self, model: nn.Module, batches: Sequence[dict],
+              state: PruningState, cache_dir: Optional[str]) -> None:
+        """No units or curves: the baseline rule allocates weights."""
 
-    @torch.no_grad()
-    def prune(self,
-              model: nn.Module,
-              batches: Sequence[dict],
-              cache_dir: Optional[str] = None,
-              keep_within: Optional[Dict[str, torch.Tensor]] = None
-              ) -> PruningResult:
-        """Allocate by the baseline rule and apply the masks in place.
+    def curves(self, model: nn.Module, batches: Sequence[dict],
+               state: PruningState) -> Dict[str, np.ndarray]:
+        return {}
 
-        Args:
-            model: The detector, in eval mode, on its device.
-            batches: Preprocessed calibration batches (for FLOPs and the
-                measured distortion).
-            cache_dir: Unused; there are no curves.
-            keep_within: Masks of an earlier round; weights pruned there
-                stay pruned.
-
-        Returns:
-            PruningResult: With ``predicted_distortion`` NaN, no curves and
-            level -1 (no grid) for every layer.
-        """
-        targets = self.find_targets(model)
-        calibration = calibrate(model, batches, targets, self.head_modules,
-                                self.distortion)
-        uses = calibration.uses
-        costs = None if self.budget_by == 'params' else [
-            uses[t.name] for t in targets
-        ]
-        earlier = keep_within or {}
+    def allocate(self, state: PruningState, curves: Dict[str, np.ndarray]
+                 ) -> Dict[str, torch.Tensor]:
+        uses = state.calibration.uses
         masks = baseline_masks(
-            self.allocation, [t.weight for t in targets],
+            self.allocation, [t.weight for t in state.targets],
             self.budget,
-            costs=costs,
+            costs=None if self.budget_by == 'params' else [
+                uses[t.name] for t in state.targets
+            ],
             min_keep=self.min_keep,
-            keep_within=[earlier.get(t.name) for t in targets])
-        masks = {t.name: mask for t, mask in zip(targets, masks)}
-        apply_masks({t.name: t.module for t in targets}, masks)
-        layers = layer_allocations(targets, masks, uses, [-1] * len(targets),
-                                   [math.nan] * len(targets))
-        result = PruningResult(
+            keep_within=[state.earlier.get(t.name) for t in state.targets])
+        return {t.name: mask for t, mask in zip(state.targets, masks)}
+
+    def apply(self, model: nn.Module, state: PruningState,
+              masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        apply_masks({t.name: t.module for t in state.targets}, masks)
+        return masks
+
+    def result(self, state: PruningState, curves: Dict[str, np.ndarray],
+               allocation, masks: Dict[str, torch.Tensor],
+               measured: float) -> PruningResult:
+        """With ``predicted_distortion`` NaN, no curves and level -1 (no
+        grid) for every layer."""
+        targets = state.targets
+        return PruningResult(
             budget=self.budget,
-            layers=layers,
+            layers=layer_allocations(targets, masks, state.calibration.uses,
+                                     [-1] * len(targets),
+                                     [math.nan] * len(targets)),
             masks=masks,
             predicted_distortion=math.nan,
-            measured_distortion=calibration.measure(),
-            unpruned_distortion=calibration.unpruned_distortion,
+            measured_distortion=measured,
+            unpruned_distortion=state.calibration.unpruned_distortion,
             curves={},
             sparsities=np.zeros(0),
             budget_by=self.budget_by)
-        log_result(result)
-        return result

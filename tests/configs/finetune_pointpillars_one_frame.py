@@ -4,7 +4,8 @@
 _base_ = [
     'mmdet3d::pointpillars/pointpillars_hv_secfpn_8xb6-160e_kitti-3d-car.py'
 ]
-custom_imports = dict(imports=['rdprune_mm'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['rdprune_mm', 'rdprune_mm.cpu'], allow_failed_imports=False)
 
 point_cloud_range = [0, -39.68, -3, 69.12, 39.68, 1]
 train_pipeline = [

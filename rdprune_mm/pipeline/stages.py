@@ -1,0 +1,197 @@
+"""The pruning pipeline that every pruner runs.
+
+::
+
+    calibrate -> reference outputs -> curves (per unit) -> costs ->
+    allocate -> apply -> compensate -> verify -> report
+
+:class:`PruningPipeline` runs the stages in this order; a pruner supplies
+only what differs: its units and cost model (:meth:`setup`), how levels are
+allocated and applied (:meth:`allocate`, :meth:`apply`) and what its result
+holds (:meth:`result`). The curves stage measures every unit at every level
+(:func:`rdprune_mm.curves.measure_curves`) unless the pruner estimates them
+otherwise; compensation is empty unless a pruner fills it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..curves import CurveCache, measure_curves
+from ..registry import DISTORTIONS
+from ..targets import PruningTarget, find_targets
+from ..units import PruningUnit
+from .budget_search import BudgetSearch
+from .calibration import Calibration, calibrate
+from .checks import check_budget, check_min_keep, check_targets
+from .cost_models import CostModel
+
+
+@dataclass
+class PruningState:
+    """What the stages hand on to each other in one run.
+
+    Attributes:
+        targets: The weight layers the units prune.
+        calibration: The unpruned model's outputs.
+        units: The units of the curves.
+        cost: The cost model the budget is met in.
+        cache: Where the curves are cached.
+        earlier: Weight masks of an earlier round (weight pruning).
+        extra: What one pruner keeps for its own stages.
+    """
+
+    targets: List[PruningTarget]
+    calibration: Calibration
+    units: List[PruningUnit] = field(default_factory=list)
+    cost: Optional[CostModel] = None
+    cache: Optional[CurveCache] = None
+    earlier: Dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class PruningPipeline:
+    """The stages every pruner runs; see the module docstring.
+
+    Args:
+        budget: Share of the cost to keep, in (0, 1].
+        distortion: Config of a measure in the ``DISTORTIONS`` registry.
+        min_keep: Smallest share of every unit to keep.
+        head_modules: Modules whose outputs define the distortion (None:
+            the detector's detection head).
+        targets: ``dict(include=[regex...], exclude=[regex...])`` over
+            module names.
+    """
+
+    #: What a unit is, for the log.
+    unit_noun = 'units'
+
+    def __init__(self,
+                 budget: float = 0.5,
+                 distortion: Optional[dict] = None,
+                 min_keep: float = 0.0,
+                 head_modules: Optional[Sequence[str]] = None,
+                 targets: Optional[dict] = None) -> None:
+        self.budget = check_budget(budget)
+        self.min_keep = check_min_keep(min_keep)
+        self.distortion_cfg = dict(distortion or dict(type='NormalizedMSE'))
+        self.distortion = DISTORTIONS.build(self.distortion_cfg)
+        self.head_modules = head_modules
+        self.targets_cfg = check_targets(targets)
+
+    # ---------------------------------------------------- what differs
+    def find_targets(self, model: nn.Module) -> List[PruningTarget]:
+        """The weight layers this pruner prunes."""
+        return find_targets(model, self.targets_cfg.get('include'),
+                            self.targets_cfg.get('exclude'))
+
+    def select(self, model: nn.Module) -> Tuple[List[PruningTarget], dict]:
+        """The weight layers whose uses the calibration counts, and what
+        else the pruner found on the way (``state.extra``)."""
+        return self.find_targets(model), {}
+
+    def setup(self, model: nn.Module, batches: Sequence[dict],
+              state: PruningState, cache_dir: Optional[str]) -> None:
+        """Fill ``state.units``, ``state.cost`` and ``state.cache``."""
+        raise NotImplementedError
+
+    def curve_settings(self, state: PruningState) -> dict:
+        """What the curves depend on beside the model and the reference
+        outputs (the cache key)."""
+        raise NotImplementedError
+
+    def allocate(self, state: PruningState,
+                 curves: Dict[str, np.ndarray]) -> Any:
+        """Choose what every unit keeps."""
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, state: PruningState,
+              allocation: Any) -> Any:
+        """Prune the model in place; returns the masks."""
+        raise NotImplementedError
+
+    def result(self, state: PruningState, curves: Dict[str, np.ndarray],
+               allocation: Any, masks: Any, measured: float):
+        """The report stage's record of the run."""
+        raise NotImplementedError
+
+    def check_keep_within(self, keep_within: Optional[dict]) -> None:
+        """Refuse masks of an earlier round where they have no meaning."""
+
+    # ------------------------------------------------------- the stages
+    def curve_cache(self, model: nn.Module, state: PruningState,
+                    cache_dir: Optional[str]) -> CurveCache:
+        """The curve cache of this model, frames and settings."""
+        return CurveCache(
+            cache_dir,
+            state.calibration.fingerprint(model, self.curve_settings(state)),
+            length=len(self.sparsities))
+
+    def budget_search(self) -> BudgetSearch:
+        """The allocate stage's search under this pruner's budget."""
+        return BudgetSearch(self.budget)
+
+    def check_budget(self, state: PruningState) -> None:
+        """Refuse a budget that no allocation meets, before any curve."""
+        if self.budget < 1 and state.cost is not None:
+            self.budget_search().check_reachable(state.cost)
+
+    def curves(self, model: nn.Module, batches: Sequence[dict],
+               state: PruningState) -> Dict[str, np.ndarray]:
+        """Every unit's distortion at every level, cached."""
+        return measure_curves(state.units, state.calibration.measure,
+                              state.cache,
+                              state.calibration.unpruned_distortion,
+                              noun=self.unit_noun)
+
+    def compensate(self, model: nn.Module, batches: Sequence[dict],
+                   state: PruningState, masks: Any) -> None:
+        """Update what the pruning left (empty: nothing is updated)."""
+
+    def verify(self, state: PruningState) -> float:
+        """The measured distortion of the pruned model."""
+        return state.calibration.measure()
+
+    @torch.no_grad()
+    def prune(self,
+              model: nn.Module,
+              batches: Sequence[dict],
+              cache_dir: Optional[str] = None,
+              keep_within: Optional[Dict[str, torch.Tensor]] = None):
+        """Run every stage on ``model``, which is pruned in place.
+
+        Args:
+            model: The detector, in eval mode, on its device.
+            batches: Preprocessed calibration batches.
+            cache_dir: Folder of the curve cache (None: no cache).
+            keep_within: Masks of an earlier round (weight pruning): a
+                weight pruned there stays pruned.
+
+        Returns:
+            The pruner's result (:mod:`rdprune_mm.results`).
+        """
+        self.check_keep_within(keep_within)
+        start = time.perf_counter()
+        targets, extra = self.select(model)
+        state = PruningState(
+            targets=targets,
+            calibration=calibrate(model, batches, targets, self.head_modules,
+                                  self.distortion),
+            earlier=dict(keep_within or {}),
+            extra=extra)
+        self.setup(model, batches, state, cache_dir)
+        self.check_budget(state)
+        curves = self.curves(model, batches, state)
+        allocation = self.allocate(state, curves)
+        masks = self.apply(model, state, allocation)
+        self.compensate(model, batches, state, masks)
+        result = self.result(state, curves, allocation, masks,
+                             self.verify(state))
+        result.seconds = time.perf_counter() - start
+        result.log()
+        return result

@@ -14,13 +14,15 @@ from its file without importing :mod:`rdprune_mm`.
 from __future__ import annotations
 
 import contextlib
+import os.path as osp
 import pickle
 import re
-from typing import Any, Callable, Iterator, List, Tuple, Union
+from typing import Any, Callable, Iterator, List, Mapping, Tuple, Union
 
 import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -100,6 +102,70 @@ def mmengine_safe_globals() -> Iterator[None]:
         yield
 
 
+#: ``load_from='trusted://<path>'`` in a config: mmengine's Runner loads
+#: that one file with full unpickling (``weights_only=False``).
+TRUSTED_PREFIX = 'trusted://'
+
+
+# force: a script may load this file beside the package
+@CheckpointLoader.register_scheme(prefixes=TRUSTED_PREFIX, force=True)
+def load_trusted_checkpoint(filename: str,
+                            map_location: Any = None) -> dict:
+    """mmengine's loader of ``trusted://<path>``: ``torch.load`` of the
+    local file with ``weights_only=False``, for a checkpoint that holds
+    Python objects its owner trusts.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+    """
+    path = osp.expanduser(filename[len(TRUSTED_PREFIX):])
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} can not be found.')
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def strip_module_prefix(key: str) -> str:
+    """A state-dict key without the ``module.`` of a DataParallel or DDP
+    wrapper, as mmengine's ``load_checkpoint`` revises it."""
+    return key[len('module.'):] if key.startswith('module.') else key
+
+
+def checkpoint_misfit(model_state: Mapping[str, torch.Tensor],
+                      checkpoint: Mapping[str, Any]) -> str:
+    """How ``checkpoint`` fails to fit a model with ``model_state``.
+
+    Args:
+        model_state: The model's ``state_dict()``.
+        checkpoint: A loaded checkpoint, with or without a ``state_dict``.
+
+    Returns:
+        str: Empty when every key is there with its shape and there are no
+        others; else e.g. ``'2 missing keys (e.g. head.weight), 1 shape
+        mismatches (e.g. conv.weight: 16x4 in the checkpoint, 8x4 in the
+        model)'``.
+    """
+    state = checkpoint.get('state_dict', checkpoint)
+    state = {strip_module_prefix(k): v for k, v in state.items()}
+    missing = sorted(set(model_state) - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    mismatched = [
+        f'{key}: {_shape(state[key])} in the checkpoint, '
+        f'{_shape(model_state[key])} in the model'
+        for key in sorted(set(model_state) & set(state))
+        if _shape(state[key]) != _shape(model_state[key])
+    ]
+    return ', '.join(
+        f'{len(keys)} {what} (e.g. {keys[0]})'
+        for what, keys in (('missing keys', missing),
+                           ('unexpected keys', unexpected),
+                           ('shape mismatches', mismatched)) if keys)
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, 'shape', None)
+    return 'x'.join(map(str, shape)) if shape is not None else 'a non-tensor'
+
+
 def unsafe_checkpoint_message(source: str, error: BaseException) -> str:
     """One line naming what ``source`` holds that the weights-only
     unpickler refused (from torch's ``error``), and the fix."""
@@ -111,9 +177,9 @@ def unsafe_checkpoint_message(source: str, error: BaseException) -> str:
         'Python objects'
     return (f'{source} holds {what}, which torch.load(weights_only=True) '
             "does not load beside weights and mmengine's checkpoint "
-            'contents; if you trust the file, save its weights alone: '
-            "torch.save(dict(state_dict=torch.load(path, weights_only=False)"
-            "['state_dict']), 'weights.pth')")
+            'contents; if you trust the file, pass --trust-checkpoint '
+            f"(in a config: load_from='{TRUSTED_PREFIX}<path>') to load it "
+            'with full unpickling, this file only')
 
 
 @contextlib.contextmanager

@@ -46,6 +46,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         help='with --finetune: resume the latest checkpoint in the work dir '
         '(masks restored, nothing calibrated again)')
     parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='load --checkpoint with full unpickling (weights_only=False), '
+        'for a file that holds Python objects beside its weights; it can '
+        'run code: only for a file you trust')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -82,10 +88,11 @@ def run_prune(args: argparse.Namespace) -> Optional[dict]:
     if args.finetune:
         finetune_detector(
             cfg, args.checkpoint, args.work_dir, resume=args.resume,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
         return None
     return prune_detector(cfg, args.checkpoint, args.work_dir, args.device,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite,
+                          trust_checkpoint=args.trust_checkpoint)
 
 
 def prune_main(argv: Optional[Sequence[str]] = None,

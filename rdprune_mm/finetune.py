@@ -1,14 +1,15 @@
 """Pruning and fine-tuning through mmengine's Runner (``--finetune``)."""
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner, find_latest_checkpoint
 
-from .checkpoint import mmengine_checkpoints
+from .checkpoint import TRUSTED_PREFIX, mmengine_checkpoints
 from .errors import PruningInputError
 from .logging_utils import quiet_known_warnings
 
@@ -25,7 +26,8 @@ def has_prune_hook(cfg: Config) -> bool:
 def finetune_config(cfg: Config,
                     work_dir: str,
                     checkpoint: Optional[str] = None,
-                    resume: bool = False) -> Config:
+                    resume: bool = False,
+                    trust_checkpoint: bool = False) -> Config:
     """The config to prune and fine-tune with ``Runner.from_cfg``.
 
     An ``RDPruneHook`` in ``custom_hooks`` is used as it is; otherwise one
@@ -38,6 +40,9 @@ def finetune_config(cfg: Config,
         resume: Resume the latest checkpoint in ``work_dir``: masks and
             rounds come back from it, nothing is calibrated again. Without
             one, training starts from ``checkpoint``.
+        trust_checkpoint: Load ``checkpoint`` with full unpickling
+            (``load_from='trusted://<path>'``,
+            :data:`rdprune_mm.checkpoint.TRUSTED_PREFIX`).
     """
     cfg = copy.deepcopy(cfg)
     hooks = list(cfg.get('custom_hooks', None) or [])
@@ -58,6 +63,8 @@ def finetune_config(cfg: Config,
     cfg.work_dir = work_dir
     # mmengine resumes load_from when it is set, not the latest checkpoint
     latest = find_latest_checkpoint(work_dir) if resume else None
+    if latest is None and checkpoint is not None and trust_checkpoint:
+        checkpoint = TRUSTED_PREFIX + checkpoint
     cfg.load_from = latest or checkpoint
     cfg.resume = latest is not None
     return cfg
@@ -96,13 +103,31 @@ def train_with_runner(cfg: Config) -> Runner:
 
     Raises:
         PruningInputError: If a checkpoint to load holds objects other than
-            weights and mmengine's checkpoint contents.
+            weights and mmengine's checkpoint contents, or a file the config
+            names (data, annotations, checkpoint) does not exist.
     """
     prepare_runner_process()
-    runner = Runner.from_cfg(cfg)
-    with mmengine_checkpoints(_checkpoints_of(cfg)):
-        runner.train()
+    with _missing_files_named():
+        runner = Runner.from_cfg(cfg)
+        with mmengine_checkpoints(_checkpoints_of(cfg)):
+            runner.train()
     return runner
+
+
+@contextlib.contextmanager
+def _missing_files_named() -> Iterator[None]:
+    """A missing file of the config (a dataset's ``ann_file``, the
+    database sampler's ``info_path``, ``load_from``) becomes one line."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        problem = f'{error.filename} does not exist' if error.filename \
+            else str(error).rstrip('.')
+        raise PruningInputError(
+            f'{problem}; fix the path in the config (e.g. '
+            'train_dataloader.dataset.data_root / ann_file, the '
+            'ObjectSample db_sampler info_path, load_from) or with '
+            '--cfg-options') from None
 
 
 def evaluate_with_runner(cfg: Config) -> dict:

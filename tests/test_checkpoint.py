@@ -13,11 +13,12 @@ from mmengine.config import Config
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, MODELS
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 from rdprune_mm.apis import read_checkpoint, save_pruned_checkpoint
-from rdprune_mm.checkpoint import (MMENGINE_SAFE_GLOBALS,
-                                   history_buffer_method,
+from rdprune_mm.checkpoint import (MMENGINE_SAFE_GLOBALS, TRUSTED_PREFIX,
+                                   checkpoint_misfit, history_buffer_method,
                                    mmengine_safe_globals, plain_meta)
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.finetune import finetune_config, train_with_runner
@@ -164,7 +165,7 @@ def test_other_objects_are_a_one_line_error(tmp_path, payload):
     message = str(error.value)
     assert '\n' not in message
     assert path in message and type(payload).__qualname__ in message
-    assert 'weights_only=False' in message
+    assert '--trust-checkpoint' in message and 'trusted://' in message
 
 
 def test_runner_refuses_an_unsafe_load_from(tmp_path):
@@ -205,3 +206,93 @@ def test_resume_continues_the_latest_checkpoint_not_the_dense_one(tmp_path):
     resumed = finetune_config(cfg, str(tmp_path), 'dense.pth', resume=True)
     assert (resumed.load_from, resumed.resume) == (
         str(tmp_path / 'iter_2.pth'), True)
+
+
+class RunsCode:
+    """Unpickling it runs code: it writes ``marker``, as an attacker's
+    payload would do anything else."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f'open({self.marker!r}, "w").write("ran")', )
+
+
+def crafted_checkpoint(tmp_path, state_dict):
+    """A checkpoint whose unpickling writes ``tmp_path/code-ran``."""
+    marker = tmp_path / 'code-ran'
+    path = str(tmp_path / 'crafted.pth')
+    torch.save(dict(state_dict=state_dict, extra=RunsCode(str(marker))), path)
+    return path, marker
+
+
+def test_a_crafted_checkpoint_runs_no_code_unless_trusted(tmp_path):
+    path, marker = crafted_checkpoint(tmp_path, Toy().state_dict())
+    with pytest.raises(PruningInputError, match='the Python object exec,'):
+        read_checkpoint(path)
+    with pytest.raises(PruningInputError, match='--trust-checkpoint'):
+        train_with_runner(toy_config(tmp_path / 'work', load_from=path))
+    assert not marker.exists()
+    # trusted: that one file is unpickled in full, and its code runs
+    loaded = read_checkpoint(path, trust=True)
+    assert marker.read_text() == 'ran'
+    assert set(loaded['state_dict']) == set(Toy().state_dict())
+
+
+def test_a_trusted_load_from_reaches_the_runner(tmp_path):
+    toy = Toy()
+    with torch.no_grad():
+        toy.linear.weight.fill_(3.0)
+    path, marker = crafted_checkpoint(tmp_path, toy.state_dict())
+    cfg = finetune_config(
+        Config(dict(pruner=dict(type='RDWeightPruner'))),
+        str(tmp_path / 'work'), path, trust_checkpoint=True)
+    assert cfg.load_from == TRUSTED_PREFIX + path
+    loaded = CheckpointLoader.load_checkpoint(cfg.load_from)
+    assert marker.exists()
+    assert torch.equal(loaded['state_dict']['linear.weight'],
+                       torch.full((1, 2), 3.0))
+    # resuming takes the work dir's own checkpoint, never the trusted one
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'work' / 'last_checkpoint').write_text(path + '.latest')
+    (tmp_path / 'work' / 'crafted.pth.latest').write_bytes(b'')
+    resumed = finetune_config(
+        Config(dict(pruner=dict(type='RDWeightPruner'))),
+        str(tmp_path / 'work'), path, resume=True, trust_checkpoint=True)
+    assert resumed.load_from == path + '.latest'
+
+
+def _other_shapes(state):
+    state = dict(state)
+    state['linear.weight'] = torch.zeros(3, 2)
+    return state
+
+
+@pytest.mark.parametrize('change, expected', [
+    (lambda s: {k: v for k, v in s.items() if k != 'linear.bias'},
+     '1 missing keys (e.g. linear.bias)'),
+    (lambda s: dict(s, extra=torch.zeros(1)),
+     '1 unexpected keys (e.g. extra)'),
+    (_other_shapes, 'linear.weight: 3x2 in the checkpoint, 1x2 in the model'),
+])
+def test_finetuning_refuses_a_checkpoint_that_does_not_fit(
+        tmp_path, change, expected):
+    path = str(tmp_path / 'other.pth')
+    torch.save(dict(state_dict=change(Toy().state_dict())), path)
+    assert expected in checkpoint_misfit(Toy().state_dict(),
+                                         torch.load(path))
+    cfg = toy_config(tmp_path / 'work', load_from=path,
+                     custom_hooks=[dict(type='RDPruneHook')])
+    with pytest.raises(PruningInputError) as error:
+        train_with_runner(cfg)
+    message = str(error.value)
+    assert '\n' not in message
+    assert 'does not fit' in message and expected in message
+    assert 'strict_load=False' in message
+    assert not list((tmp_path / 'work').glob('*.pth'))
+
+
+def test_a_wrapped_model_checkpoint_fits():
+    state = {f'module.{k}': v for k, v in Toy().state_dict().items()}
+    assert checkpoint_misfit(Toy().state_dict(), dict(state_dict=state)) == ''

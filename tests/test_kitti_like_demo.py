@@ -14,11 +14,15 @@ import pytest
 import torch
 from conftest import REPO, load_tool
 from mmengine.config import Config
+from mmengine.evaluator import Evaluator
+from mmengine.fileio import load
+from mmengine.registry import init_default_scope
 
 import rdprune_mm.demo as demo
 import rdprune_mm.demo.steps as steps
 from rdprune_mm import PruningInputError
 from rdprune_mm.apis import read_checkpoint
+from rdprune_mm.demo.report import format_ap
 from rdprune_mm.mim import resolve_config
 
 # Two layers of the detector, 2 levels: a few calibration passes.
@@ -112,6 +116,36 @@ def test_demo_trains_prunes_and_reports_every_class(first_run):
         assert any(
             k.endswith('KITTI/Car_3D_AP40_moderate_strict')
             for k in results[name]['metrics'])
+
+
+def test_reported_ap_is_kittimetric_on_the_saved_predictions(first_run):
+    """results.json and results.md hold what mmdet3d's KittiMetric, run
+    again offline on each model's saved predictions, computes."""
+    argv, work, results = first_run
+    data_root = argv[argv.index('--data-root') + 1]
+    cfg = Config.fromfile(resolve_config(demo.TRAIN_CONFIG))
+    cfg.merge_from_dict(demo.data_root_options(demo.TRAIN_CONFIG, data_root))
+    init_default_scope('mmdet3d')
+    with open(work / 'results.md') as f:
+        table = f.read()
+    for column, name in enumerate(('eval_dense', 'eval_oneshot',
+                                   'eval_pruned')):
+        record = results[name]
+        evaluator = Evaluator(cfg.test_evaluator)
+        evaluator.dataset_meta = dict(classes=demo.CLASSES)
+        predictions = load(record['predictions'])
+        assert len(predictions) == 2  # the 2 val frames
+        metrics = evaluator.offline_evaluate(predictions)
+        assert metrics.keys() == record['metrics'].keys()
+        for key, value in metrics.items():
+            assert record['metrics'][key] == pytest.approx(float(value))
+        ap = steps.kitti_ap(metrics)
+        assert record['ap'] == json.loads(json.dumps(ap))
+        for cls in demo.CLASSES:
+            row = re.search(
+                rf'\| {cls} AP 3D \(moderate, AP40\) \|(.*)\|', table)
+            cells = [c.strip() for c in row.group(1).split('|')]
+            assert cells[column] == format_ap(ap[cls]['3D'])
 
 
 def test_finetuned_checkpoint_keeps_the_one_shot_masks(first_run):

@@ -3,6 +3,8 @@ nuScenes frame, and its one-line errors for bad input."""
 import glob
 import json
 import os.path as osp
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,3 +158,39 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys):
             str(tmp_path)]
     err = _error_of(argv, capsys)
     assert 'does not fit' in err and 'missing keys' in err
+
+
+def test_finetuning_without_its_training_data(tmp_path):
+    # the quick CenterPoint config trains on nuScenes, which is not here; a
+    # process of its own: the Runner's logger outlives the call
+    done = subprocess.run(
+        [sys.executable, 'tools/prune.py', QUICK_CENTERPOINT, '--finetune',
+         '--work-dir', str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    errors = [line for line in done.stderr.splitlines()
+              if line.startswith('prune.py: error: ')]
+    assert len(errors) == 1
+    assert 'nuscenes_dbinfos_train.pkl does not exist' in errors[0]
+    assert 'data_root' in errors[0]
+
+
+@pytest.mark.parametrize('finetune', [False, True])
+def test_a_checkpoint_that_would_run_code_is_refused(finetune, tmp_path,
+                                                     capsys):
+    """Its unpickling would write a marker file: refused with the flag
+    named, and nothing ran; with ``--trust-checkpoint`` that file is
+    unpickled in full (and then found not to fit this config's model)."""
+    from test_checkpoint import crafted_checkpoint
+    ckpt, marker = crafted_checkpoint(tmp_path,
+                                      torch.nn.Linear(2, 2).state_dict())
+    argv = [QUICK_CENTERPOINT, '--checkpoint', ckpt, '--work-dir',
+            str(tmp_path / 'work'), *(['--finetune'] if finetune else [])]
+    err = _error_of(argv, capsys)
+    assert 'the Python object exec' in err and '--trust-checkpoint' in err
+    assert not marker.exists()
+    if not finetune:
+        assert 'does not fit' in _error_of(argv + ['--trust-checkpoint'],
+                                           capsys)
+        assert marker.read_text() == 'ran'
+    assert not glob.glob(str(tmp_path / 'work' / '**' / '*.pth'),
+                         recursive=True)

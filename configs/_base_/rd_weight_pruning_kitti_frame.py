@@ -5,9 +5,6 @@
 _base_ = ['./rd_weight_pruning.py']
 
 calibration = dict(
-    dataloader='val_dataloader',
-    num_samples=1,
-    dataset=dict(
-        data_root='../shared/data/lidar/',
-        ann_file='000008.pkl',
-        data_prefix=dict(pts='', img='')))
+    dataset=dict(data_root='../shared/data/lidar/',
+                 ann_file='000008.pkl',
+                 data_prefix=dict(pts='', img='')))

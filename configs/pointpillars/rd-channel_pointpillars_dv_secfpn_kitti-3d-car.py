@@ -6,13 +6,5 @@
 # Calibrated on the real KITTI frame 000008 in ../shared/data/lidar.
 _base_ = [
     'mmdet3d::dynamic_voxelization/pointpillars_dv_secfpn_8xb6-160e_kitti-3d-car.py',  # noqa: E501
-    '../_base_/rd_channel_pruning.py'
+    '../_base_/rd_channel_pruning_kitti_frame.py'
 ]
-
-calibration = dict(
-    dataloader='val_dataloader',
-    num_samples=1,
-    dataset=dict(
-        data_root='../shared/data/lidar/',
-        ann_file='000008.pkl',
-        data_prefix=dict(pts='', img='')))

@@ -6,13 +6,5 @@
 # the config's own KittiDataset.
 _base_ = [
     'mmdet3d::pointpillars/pointpillars_hv_secfpn_8xb6-160e_kitti-3d-car.py',
-    '../_base_/rd_channel_pruning.py'
+    '../_base_/rd_channel_pruning_kitti_frame.py'
 ]
-
-calibration = dict(
-    dataloader='val_dataloader',
-    num_samples=1,
-    dataset=dict(
-        data_root='../shared/data/lidar/',
-        ann_file='000008.pkl',
-        data_prefix=dict(pts='', img='')))

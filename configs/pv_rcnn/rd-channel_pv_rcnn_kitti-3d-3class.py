@@ -9,13 +9,5 @@
 # ../shared/data/lidar through the config's own KittiDataset.
 _base_ = [
     'mmdet3d::pv_rcnn/pv_rcnn_8xb2-80e_kitti-3d-3class.py',
-    '../_base_/rd_channel_pruning.py'
+    '../_base_/rd_channel_pruning_kitti_frame.py'
 ]
-
-calibration = dict(
-    dataloader='val_dataloader',
-    num_samples=1,
-    dataset=dict(
-        data_root='../shared/data/lidar/',
-        ann_file='000008.pkl',
-        data_prefix=dict(pts='', img='')))

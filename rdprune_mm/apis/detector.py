@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import (_load_checkpoint_to_model,
                                         weights_to_cpu)
 from torch import nn
 
-from ..checkpoint import mmengine_checkpoints, plain_meta
+from ..checkpoint import checkpoint_misfit, mmengine_checkpoints, plain_meta
 from ..errors import PruningInputError
 from ..fileio import atomic_write
 from ..logging_utils import quiet_known_warnings
@@ -63,38 +63,31 @@ def load_config(path: Union[str, Config],
     return cfg
 
 
-def read_checkpoint(path: str) -> dict:
+def read_checkpoint(path: str, trust: bool = False) -> dict:
     """Load a checkpoint file onto the CPU with torch's weights-only
     unpickler; mmengine's Runner checkpoints load too
     (:func:`rdprune_mm.checkpoint.mmengine_safe_globals`).
 
+    Args:
+        path: The checkpoint file.
+        trust: Unpickle anything the file holds (``weights_only=False``):
+            only for a file whose source you trust.
+
     Raises:
-        PruningInputError: If the file holds other Python objects.
+        PruningInputError: If the file holds other Python objects and
+            ``trust`` is False.
     """
+    if trust:
+        return torch.load(path, map_location='cpu', weights_only=False)
     with mmengine_checkpoints(f'checkpoint {path}'):
         return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def _fit_message(model: nn.Module, state: dict) -> str:
-    state = state.get('state_dict', state)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state)
-                        if tuple(own[k].shape) != tuple(state[k].shape))
-    parts = [
-        f'{len(keys)} {what} (e.g. {keys[0]})'
-        for what, keys in (('missing keys', missing), ('unexpected keys',
-                                                        unexpected),
-                           ('shape mismatches', mismatched)) if keys
-    ]
-    return ', '.join(parts) or 'it could not be loaded'
 
 
 def build_detector(cfg: Config,
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',
-                   seed: int = 0) -> Tuple[nn.Module, dict]:
+                   seed: int = 0,
+                   trust_checkpoint: bool = False) -> Tuple[nn.Module, dict]:
     """Build the config's model, load a checkpoint, put it in eval mode.
 
     Args:
@@ -102,6 +95,8 @@ def build_detector(cfg: Config,
         checkpoint: A checkpoint of this model, or None for random weights.
         device: Where the model runs.
         seed: Seed of the random initialisation.
+        trust_checkpoint: Load the checkpoint with full unpickling
+            (:func:`read_checkpoint`).
 
     Returns:
         tuple: The model and the checkpoint's ``meta`` (empty without one).
@@ -123,7 +118,7 @@ def build_detector(cfg: Config,
                 f'checkpoint {checkpoint} does not exist; fix --checkpoint '
                 'or leave it out to prune random weights')
         try:
-            loaded = read_checkpoint(checkpoint)
+            loaded = read_checkpoint(checkpoint, trust_checkpoint)
         except PruningInputError:
             raise
         except Exception as error:  # not a torch file, truncated, ...
@@ -131,14 +126,18 @@ def build_detector(cfg: Config,
                 f'checkpoint {checkpoint} cannot be read '
                 f'({type(error).__name__}: {str(error)[:200]}); give a '
                 'checkpoint saved by mmengine or torch.save') from None
-        try:
-            _load_checkpoint_to_model(model, loaded, strict=True)
-        except Exception:  # strict loading: missing / unexpected / shapes
-            reason = _fit_message(model, loaded)
+        if not isinstance(loaded, dict):
+            raise PruningInputError(
+                f'checkpoint {checkpoint} holds a {type(loaded).__name__}, '
+                'not a dict of weights; give a checkpoint saved by mmengine '
+                'or torch.save(model.state_dict())')
+        misfit = checkpoint_misfit(model.state_dict(), loaded)
+        if misfit:
             raise PruningInputError(
                 f'checkpoint {checkpoint} does not fit the model of the '
-                f'config ({reason}); give a checkpoint trained with this '
-                'config') from None
+                f'config ({misfit}); give a checkpoint trained with this '
+                'config')
+        _load_checkpoint_to_model(model, loaded, strict=True)
         meta = dict(loaded.get('meta', {}))
     model.cfg = cfg
     return model.to(device).eval(), meta

@@ -21,7 +21,9 @@ def prepare_detector(
         cfg: Config,
         checkpoint: Optional[str] = None,
         device: Optional[str] = None,
-        seed: Optional[int] = None) -> Tuple[nn.Module, dict, List[dict]]:
+        seed: Optional[int] = None,
+        trust_checkpoint: bool = False
+) -> Tuple[nn.Module, dict, List[dict]]:
     """Build the detector, load its checkpoint and prepare the calibration.
 
     Without a checkpoint the weights are random; the BatchNorm statistics
@@ -35,6 +37,7 @@ def prepare_detector(
         device: Where the model runs; None: CUDA when available.
         seed: Seed of the random initialisation; None: the config's
             ``randomness.seed``, else 0.
+        trust_checkpoint: Load the checkpoint with full unpickling.
 
     Returns:
         tuple: The model in eval mode, the checkpoint's ``meta`` (empty
@@ -46,7 +49,7 @@ def prepare_detector(
     """
     seed = config_seed(cfg) if seed is None else seed
     model, meta = build_detector(cfg, checkpoint, device or default_device(),
-                                 seed)
+                                 seed, trust_checkpoint)
     batches = calibration_batches(cfg, model, cfg.get('calibration', {}))
     if checkpoint is None:
         count = recalibrate_batchnorm(model, batches)

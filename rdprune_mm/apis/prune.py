@@ -21,7 +21,7 @@ from ..plots import write_plots
 from ..registry import PRUNERS
 from ..report import allocation_report
 from .checks import build_pruner, check_device
-from .detector import load_config, save_pruned_checkpoint
+from .detector import load_config, read_checkpoint, save_pruned_checkpoint
 from .prepare import prepare_detector
 
 #: What every pruning run writes into its work dir.
@@ -76,6 +76,7 @@ def prune_detector(config: Union[str, Config],
                    work_dir: Optional[str] = None,
                    device: Optional[str] = None,
                    overwrite: bool = False,
+                   trust_checkpoint: bool = False,
                    **overrides: Any) -> dict:
     """RD-prune (or baseline-prune) a detector as its config says.
 
@@ -105,6 +106,8 @@ def prune_detector(config: Union[str, Config],
             ``work_dirs/<config name>``.
         device: ``'cpu'`` or ``'cuda'``; default: CUDA when available.
         overwrite: Replace the outputs of an earlier run in ``work_dir``.
+        trust_checkpoint: Load ``checkpoint`` with full unpickling
+            (``weights_only=False``); only for a file you trust.
         **overrides: Config settings to merge, as ``--cfg-options`` does:
             dotted keys (``**{'pruner.budget': 0.5}``) or nested dicts
             (``pruner=dict(budget=0.5)``), merged in the order given.
@@ -129,7 +132,7 @@ def prune_detector(config: Union[str, Config],
         log_file=osp.join(work_dir, f'prune_{timestamp}.log'))
     try:
         return _prune(cfg, name, pruner, checkpoint, work_dir, device,
-                      logger)
+                      logger, trust_checkpoint)
     finally:
         for handler in logger.handlers[:]:
             handler.close()
@@ -137,12 +140,14 @@ def prune_detector(config: Union[str, Config],
 
 
 def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
-           work_dir: str, device: str, logger: MMLogger) -> dict:
+           work_dir: str, device: str, logger: MMLogger,
+           trust_checkpoint: bool) -> dict:
     # imported here: rdprune_mm.pruners imports rdprune_mm.apis through
     # channels.export
     from ..channels.export import SLIM_OUTPUTS, write_slim_outputs
     from ..pruners import ChannelPruningResult
-    model, meta, batches = prepare_detector(cfg, checkpoint, device)
+    model, meta, batches = prepare_detector(
+        cfg, checkpoint, device, trust_checkpoint=trust_checkpoint)
     result = pruner.prune(
         model, batches, cache_dir=osp.join(work_dir, 'curves'))
 
@@ -178,6 +183,7 @@ def finetune_detector(config: Union[str, Config],
                       work_dir: Optional[str] = None,
                       resume: bool = False,
                       overwrite: bool = False,
+                      trust_checkpoint: bool = False,
                       **overrides: Any) -> Optional[str]:
     """Prune and fine-tune with mmengine's Runner and ``RDPruneHook``.
 
@@ -194,6 +200,8 @@ def finetune_detector(config: Union[str, Config],
         resume: Resume the latest checkpoint in ``work_dir`` (masks
             restored, nothing calibrated again).
         overwrite: Start again in a work dir that holds checkpoints.
+        trust_checkpoint: Load ``checkpoint`` with full unpickling
+            (``weights_only=False``); only for a file you trust.
         **overrides: Config settings to merge, as for
             :func:`prune_detector`.
 
@@ -211,9 +219,11 @@ def finetune_detector(config: Union[str, Config],
             f'{work_dir} holds checkpoints of an earlier run; pass --resume '
             'to continue it, --overwrite to start again, or another '
             '--work-dir')
-    cfg = finetune_config(cfg, work_dir, checkpoint, resume)
+    cfg = finetune_config(cfg, work_dir, checkpoint, resume, trust_checkpoint)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise PruningInputError(
             f'checkpoint {checkpoint} does not exist; fix --checkpoint')
+    if checkpoint is not None and not trust_checkpoint:
+        read_checkpoint(checkpoint)  # refused now, not after the data
     train_with_runner(cfg)
     return find_latest_checkpoint(work_dir)

@@ -126,9 +126,15 @@ def train(config: str, options: Optional[dict], work_dir: str,
         seconds=time.perf_counter() - start)
 
 
+#: The predictions of an evaluation, beside its metrics (mmengine's
+#: ``DumpResults``), so that its AP can be computed again offline.
+PREDICTIONS_FILE = 'predictions.pkl'
+
+
 def evaluate(config: str, options: Optional[dict], checkpoint: str,
              work_dir: str, name: str) -> dict:
-    """KittiMetric of ``checkpoint`` on the config's test split.
+    """KittiMetric of ``checkpoint`` on the config's test split; the
+    predictions go to ``<work_dir>/predictions.pkl``.
 
     Args:
         config: The training config (its test dataloader and evaluator).
@@ -138,10 +144,17 @@ def evaluate(config: str, options: Optional[dict], checkpoint: str,
         name: The Runner's experiment name.
 
     Returns:
-        dict: All metrics, the AP table of :func:`kitti_ap` and seconds.
+        dict: All metrics, the AP table of :func:`kitti_ap`, the
+        predictions file and seconds.
     """
     start = time.perf_counter()
     cfg = runner_config(config, options, work_dir, name, load_from=checkpoint)
+    predictions = osp.join(work_dir, PREDICTIONS_FILE)
+    evaluators = cfg.test_evaluator
+    cfg.test_evaluator = [
+        *(evaluators if isinstance(evaluators, list) else [evaluators]),
+        dict(type='DumpResults', out_file_path=predictions)
+    ]
     threads = torch.get_num_threads()
     try:
         metrics = evaluate_with_runner(cfg)
@@ -152,6 +165,7 @@ def evaluate(config: str, options: Optional[dict], checkpoint: str,
     return dict(
         metrics={k: float(v) for k, v in metrics.items()},
         ap=kitti_ap(metrics),
+        predictions=predictions,
         seconds=time.perf_counter() - start)
 
 

@@ -16,6 +16,7 @@ from mmengine.registry import HOOKS
 from torch import nn
 
 from ..calibration import calibration_batches
+from ..checkpoint import checkpoint_misfit
 from ..errors import PruningInputError
 from ..masks import apply_masks
 from ..pipeline import check_budget
@@ -59,6 +60,10 @@ class RDPruneHook(Hook):
             adds pruning. ``at=0`` prunes in ``before_train``.
         by_epoch: Whether ``at`` counts epochs instead of iterations.
         curve_dir: Folder of the curve cache, inside the work dir.
+        strict_load: Refuse a ``load_from`` or resumed checkpoint that does
+            not fit the model (missing or unexpected keys, other shapes),
+            which mmengine would load in part and train on from partly
+            random weights. False leaves it to mmengine.
     """
 
     priority = 'ABOVE_NORMAL'
@@ -69,7 +74,8 @@ class RDPruneHook(Hook):
                      dataloader='train_dataloader', num_samples=1),
                  rounds: Optional[Sequence[dict]] = None,
                  by_epoch: bool = False,
-                 curve_dir: str = 'curves') -> None:
+                 curve_dir: str = 'curves',
+                 strict_load: bool = True) -> None:
         self.pruner_cfg = dict(pruner)
         self.pruner_cfg.setdefault('type', 'RDWeightPruner')
         self.calibration = dict(calibration)
@@ -80,6 +86,7 @@ class RDPruneHook(Hook):
         self._check_rounds()
         self.by_epoch = by_epoch
         self.curve_dir = curve_dir
+        self.strict_load = strict_load
         self.masks: Dict[str, torch.Tensor] = {}
         self.history: List[dict] = []
         self._restored: Optional[dict] = None
@@ -111,6 +118,15 @@ class RDPruneHook(Hook):
             history=copy.deepcopy(self.history))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.strict_load:
+            misfit = checkpoint_misfit(
+                _unwrap(runner.model).state_dict(), checkpoint)
+            if misfit:
+                raise PruningInputError(
+                    'the checkpoint to load does not fit the model of the '
+                    f'config ({misfit}); give a checkpoint trained with this '
+                    'config, or RDPruneHook(strict_load=False) to load what '
+                    'fits')
         state = checkpoint.get(CHECKPOINT_KEY)
         if state and state.get('masks'):
             self._restored = state

@@ -59,4 +59,6 @@ def allocation_report(result: PruningResult, **context: Any
             additivity_ratio=_finite(result.additivity_ratio),
             unpruned_distortion=result.unpruned_distortion),
         levels=[float(s) for s in result.sparsities],
-        layers=[_layer(layer) for layer in result.layers])
+        layers=[_layer(layer) for layer in result.layers],
+        **({} if result.compensation is None else dict(
+            compensation=result.compensation)))

@@ -78,6 +78,7 @@ class PruningResult(KeptShares):
     curves: Dict[str, np.ndarray] = field(repr=False)
     sparsities: np.ndarray = field(repr=False)
     budget_by: str = 'params'
+    compensation: Optional[dict] = None
     seconds: float = field(default=0.0, repr=False)
 
     @property
@@ -177,6 +178,7 @@ class ChannelPruningResult(KeptShares):
     latency: Optional[LatencyModel] = field(default=None, repr=False)
     latency_budget: Optional[float] = None
     latency_weight: float = 0.0
+    compensation: Optional[dict] = None
     seconds: float = field(default=0.0, repr=False)
 
     @property

@@ -38,7 +38,10 @@ pruner = dict(
     # budget_by='latency' or latency_budget: uniform kept shares the layers
     # are timed at, and timed passes per share (their median counts)
     latency_shares=(1.0, 0.75, 0.5, 0.25),
-    latency_repeats=3)
+    latency_repeats=3,
+    # after pruning: re-estimate BatchNorm statistics on the calibration
+    # frames (allocation.json reports the distortion before and after)
+    compensate=dict(batchnorm=False))
 
 # one frame per batch, preprocessed once; either the config's dataloader
 # with its dataset fields overridden, or calibration = dict(frames=[...])

@@ -10,7 +10,9 @@ only what differs: its units and cost model (:meth:`setup`), how levels are
 allocated and applied (:meth:`allocate`, :meth:`apply`) and what its result
 holds (:meth:`result`). The curves stage measures every unit at every level
 (:func:`rdprune_mm.curves.measure_curves`) unless the pruner estimates them
-otherwise; compensation is empty unless a pruner fills it.
+otherwise. Compensation (:mod:`rdprune_mm.compensation`) runs when
+``compensate`` asks for it: the unpruned layers are recorded before the
+apply stage, and the measured distortion before and after is reported.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.logging import MMLogger
 from torch import nn
 
+from ..compensation import DenseLayers, build_compensation
 from ..curves import CurveCache, measure_curves
 from ..registry import DISTORTIONS
 from ..targets import PruningTarget, find_targets
@@ -66,23 +70,31 @@ class PruningPipeline:
             the detector's detection head).
         targets: ``dict(include=[regex...], exclude=[regex...])`` over
             module names.
+        compensate: ``dict(reconstruct=bool, batchnorm=bool, damp=float)``
+            (:class:`rdprune_mm.compensation.Compensation`); None: off.
     """
 
     #: What a unit is, for the log.
     unit_noun = 'units'
+    #: Whether the apply stage zeroes weights (so that the kept ones can
+    #: be refitted), as weight pruning does.
+    masks_weights = True
 
     def __init__(self,
                  budget: float = 0.5,
                  distortion: Optional[dict] = None,
                  min_keep: float = 0.0,
                  head_modules: Optional[Sequence[str]] = None,
-                 targets: Optional[dict] = None) -> None:
+                 targets: Optional[dict] = None,
+                 compensate: Optional[dict] = None) -> None:
         self.budget = check_budget(budget)
         self.min_keep = check_min_keep(min_keep)
         self.distortion_cfg = dict(distortion or dict(type='NormalizedMSE'))
         self.distortion = DISTORTIONS.build(self.distortion_cfg)
         self.head_modules = head_modules
         self.targets_cfg = check_targets(targets)
+        self.compensation = build_compensation(
+            compensate, allow_reconstruct=self.masks_weights)
 
     # ---------------------------------------------------- what differs
     def find_targets(self, model: nn.Module) -> List[PruningTarget]:
@@ -150,8 +162,21 @@ class PruningPipeline:
                               noun=self.unit_noun)
 
     def compensate(self, model: nn.Module, batches: Sequence[dict],
-                   state: PruningState, masks: Any) -> None:
-        """Update what the pruning left (empty: nothing is updated)."""
+                   state: PruningState,
+                   dense: Optional[DenseLayers]) -> Optional[dict]:
+        """Update what the pruning left, as ``compensate`` asks.
+
+        Returns:
+            dict, optional: What was updated and the measured distortion
+            before it (``distortion_before``); None when off.
+        """
+        if not self.compensation.enabled:
+            return None
+        before = state.calibration.measure()
+        report = self.compensation.apply(model, batches, state.targets,
+                                         dense)
+        report['distortion_before'] = before
+        return report
 
     def verify(self, state: PruningState) -> float:
         """The measured distortion of the pruned model."""
@@ -188,10 +213,20 @@ class PruningPipeline:
         self.check_budget(state)
         curves = self.curves(model, batches, state)
         allocation = self.allocate(state, curves)
+        dense = self.compensation.record(model, batches, state.targets,
+                                         self.head_modules)
         masks = self.apply(model, state, allocation)
-        self.compensate(model, batches, state, masks)
-        result = self.result(state, curves, allocation, masks,
-                             self.verify(state))
+        compensation = self.compensate(model, batches, state, dense)
+        measured = self.verify(state)
+        result = self.result(state, curves, allocation, masks, measured)
+        if compensation is not None:
+            compensation['distortion_after'] = measured
+            result.compensation = compensation
+            MMLogger.get_current_instance().info(
+                f'compensation: {compensation["reconstructed"]} layers '
+                f'refitted, {compensation["batchnorm"]} BatchNorm layers '
+                're-estimated; measured distortion '
+                f'{compensation["distortion_before"]:.4g} -> {measured:.4g}')
         result.seconds = time.perf_counter() - start
         result.log()
         return result

@@ -85,6 +85,7 @@ class ChannelBaselinePruner(RDChannelPruner):
                  latency_shares: Sequence[float] = LATENCY_SHARES,
                  latency_repeats: int = 3,
                  latency_budget: Optional[float] = None,
+                 compensate: Optional[dict] = None,
                  **rd_settings) -> None:
         check_ignored_settings(rd_settings, self.RD_SETTINGS, 'ChannelBaselinePruner')
         self.allocation = check_choice(allocation, CHANNEL_BASELINES,
@@ -98,7 +99,8 @@ class ChannelBaselinePruner(RDChannelPruner):
             budget=budget, num_levels=num_levels, targets=targets,
             ranking=ranking, distortion=distortion, min_keep=min_keep,
             head_modules=head_modules, budget_by=budget_by,
-            latency_shares=latency_shares, latency_repeats=latency_repeats)
+            latency_shares=latency_shares, latency_repeats=latency_repeats,
+            compensate=compensate)
 
     @property
     def needs_latency(self) -> bool:

@@ -93,6 +93,7 @@ class RDChannelPruner(PruningPipeline):
     """
 
     unit_noun = 'channel groups'
+    masks_weights = False
 
     def __init__(self,
                  budget: float = 0.5,
@@ -107,9 +108,10 @@ class RDChannelPruner(PruningPipeline):
                  search_steps: int = 12,
                  latency_budget: Optional[float] = None,
                  latency_shares: Sequence[float] = LATENCY_SHARES,
-                 latency_repeats: int = 3) -> None:
+                 latency_repeats: int = 3,
+                 compensate: Optional[dict] = None) -> None:
         super().__init__(budget, distortion, min_keep, head_modules,
-                         targets)
+                         targets, compensate)
         self.budget_by = check_choice(budget_by, CHANNEL_BUDGET_UNITS,
                                       'pruner.budget_by')
         if latency_budget is not None:

@@ -60,12 +60,13 @@ class MagnitudeWeightPruner(PruningPipeline):
                  distortion: Optional[dict] = None,
                  min_keep: float = 0.0,
                  head_modules: Optional[Sequence[str]] = None,
+                 compensate: Optional[dict] = None,
                  **rd_settings) -> None:
         check_ignored_settings(rd_settings, self.RD_SETTINGS, 'MagnitudeWeightPruner')
         self.allocation = check_choice(allocation, BASELINE_METHODS,
                                        'pruner.allocation')
         super().__init__(budget, distortion, min_keep, head_modules,
-                         targets)
+                         targets, compensate)
         self.budget_by = check_choice(budget_by, BUDGET_UNITS,
                                       'pruner.budget_by')
 

@@ -160,7 +160,8 @@ class RDWeightPruner(PruningPipeline):
                  budget_by: str = 'params',
                  curves: str = 'empirical',
                  ranking: str = 'magnitude',
-                 sketch: Optional[dict] = None) -> None:
+                 sketch: Optional[dict] = None,
+                 compensate: Optional[dict] = None) -> None:
         self.budget_by = check_choice(budget_by, BUDGET_UNITS,
                                       'pruner.budget_by')
         self.curve_estimator = check_choice(curves, CURVE_ESTIMATORS,
@@ -173,7 +174,7 @@ class RDWeightPruner(PruningPipeline):
                 f'pruner.sketch={sketch} must be dict(num_projections=<at '
                 'least 1>, seed=<int>)')
         super().__init__(budget, distortion, min_keep, head_modules,
-                         targets)
+                         targets, compensate)
         self.sparsities = sparsity_grid(check_num_levels(num_levels))
         self.resolution = check_positive_int(resolution,
                                              'pruner.resolution')

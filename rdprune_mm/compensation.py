@@ -1,0 +1,280 @@
+"""The compensate stage: what the pruning left is updated, without labels.
+
+Two steps, each switchable (``pruner.compensate``):
+
+- ``reconstruct``: each pruned weight layer's kept weights are refitted by
+  least squares so that the layer's outputs on the calibration frames come
+  as close as they can to the unpruned layer's (OBC / SparseGPT's layer-wise
+  problem), with every pruned weight held at exactly zero. For output row
+  ``w`` with kept entries ``S`` and the Gram matrix ``H = X Xᵀ`` of the
+  layer's inputs ``X`` (image patches for a conv), the refit is
+  ``w_S = (H_SS + λI)⁻¹ H_S: w``, with ``λ`` a ``damp`` share of H's mean
+  diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d
+  and nn.ConvTranspose2d whose kernel equals its stride; other layers
+  (sparse convolutions among them) are left as they are and counted.
+- ``batchnorm``: every BatchNorm's running statistics re-estimated on the
+  calibration frames (:func:`rdprune_mm.batchnorm.recalibrate_batchnorm`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batchnorm import recalibrate_batchnorm
+from .errors import PruningInputError
+from .head_outputs import HeadOutputs
+from .targets import PruningTarget
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    return (all(k == 1 for k in module.kernel_size)
+            and all(s == 1 for s in module.stride)
+            and all(p == 0 for p in module.padding))
+
+
+def reconstructable(target: PruningTarget) -> bool:
+    """Whether :class:`LayerInputs` can form the target's inputs."""
+    module = target.module
+    if target.kind == 'linear':
+        return True
+    if target.kind == 'conv':
+        if module.groups != 1 or module.padding_mode != 'zeros':
+            return False
+        return isinstance(module, nn.Conv2d) or _is_pointwise(module)
+    if target.kind == 'deconv':
+        return (isinstance(module, nn.ConvTranspose2d) and module.groups == 1
+                and tuple(module.kernel_size) == tuple(module.stride)
+                and all(p == 0 for p in module.padding)
+                and all(p == 0 for p in module.output_padding)
+                and all(d == 1 for d in module.dilation))
+    return False
+
+
+def input_rows(target: PruningTarget, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input vectors, one row each: what one output row of
+    :func:`weight_rows` multiplies.
+
+    Args:
+        target: A layer that :func:`reconstructable` accepts.
+        x: The layer's input tensor in one call.
+
+    Returns:
+        torch.Tensor: ``(n, d)``.
+    """
+    module = target.module
+    if target.kind == 'linear':
+        return x.reshape(-1, module.in_features)
+    if target.kind == 'deconv' or _is_pointwise(module):
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    patches = F.unfold(x, module.kernel_size, module.dilation,
+                       module.padding, module.stride)  # (B, d, L)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def weight_rows(target: PruningTarget, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as ``(rows, d)``: one row per output (per output and
+    kernel tap for a deconvolution), in the order of :func:`input_rows`."""
+    if target.kind == 'deconv':  # (in, out, k...) -> (out * k..., in)
+        return weight.movedim(0, -1).reshape(-1, weight.shape[0])
+    return weight.reshape(weight.shape[0], -1)
+
+
+def rows_to_weight(target: PruningTarget, rows: torch.Tensor,
+                   like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`weight_rows`."""
+    if target.kind == 'deconv':
+        shape = (*like.shape[1:], like.shape[0])
+        return rows.reshape(shape).movedim(-1, 0)
+    return rows.reshape(like.shape)
+
+
+class LayerInputs:
+    """Context manager that sums ``H = Σ x xᵀ`` over the input rows of each
+    target (float64, on the layer's device) while the model runs.
+
+    Args:
+        targets: Layers that :func:`reconstructable` accepts.
+    """
+
+    def __init__(self, targets: Sequence[PruningTarget]) -> None:
+        self.targets = list(targets)
+        self.grams: Dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, target: PruningTarget):
+
+        def hook(module, args, output):
+            rows = input_rows(target, args[0].detach()).double()
+            gram = rows.T @ rows
+            if target.name in self.grams:
+                gram += self.grams[target.name]
+            self.grams[target.name] = gram
+
+        return hook
+
+    def __enter__(self) -> 'LayerInputs':
+        for target in self.targets:
+            self._handles.append(
+                target.module.register_forward_hook(self._hook(target)))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def refit_rows(dense: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
+               damp: float) -> torch.Tensor:
+    """Least-squares refit of each row's kept entries.
+
+    Args:
+        dense: ``(rows, d)`` unpruned weights.
+        kept: ``(rows, d)`` bool, the entries that stay.
+        gram: ``(d, d)`` Gram matrix of the inputs.
+        damp: Share of the mean diagonal added to it (ridge).
+
+    Returns:
+        torch.Tensor: ``(rows, d)`` float64 weights, zero where not kept;
+        a row with every entry kept is returned unchanged.
+    """
+    dense = dense.double()
+    ridge = damp * gram.diagonal().mean().clamp_min(1e-12)
+    refit = torch.zeros_like(dense)
+    targets = dense @ gram  # row r: H w_r (H is symmetric)
+    for row in range(dense.shape[0]):
+        keep = kept[row]
+        if bool(keep.all()):
+            refit[row] = dense[row]
+            continue
+        index = keep.nonzero().squeeze(1)
+        if index.numel() == 0:
+            continue
+        system = gram[index][:, index]
+        system.diagonal().add_(ridge)
+        refit[row, index] = torch.linalg.solve(system, targets[row, index])
+    return refit
+
+
+@dataclass
+class DenseLayers:
+    """What the reconstruction keeps of the unpruned model: each layer's
+    weights and input Gram matrix, recorded before the pruning."""
+
+    weights: Dict[str, torch.Tensor]
+    grams: Dict[str, torch.Tensor]
+
+
+class Compensation:
+    """The compensate stage's settings and steps.
+
+    Args:
+        reconstruct: Refit the kept weights of each pruned layer
+            (weight pruning only).
+        batchnorm: Re-estimate every BatchNorm's running statistics on the
+            calibration frames after the pruning.
+        damp: Ridge of the refit, a share of the mean diagonal of H.
+    """
+
+    def __init__(self,
+                 reconstruct: bool = False,
+                 batchnorm: bool = False,
+                 damp: float = 0.01) -> None:
+        for key, value in (('reconstruct', reconstruct),
+                           ('batchnorm', batchnorm)):
+            if not isinstance(value, bool):
+                raise PruningInputError(
+                    f'pruner.compensate.{key}={value!r} must be True or '
+                    'False')
+        if isinstance(damp, bool) or not isinstance(
+                damp, (int, float)) or not 0 <= damp < 1:
+            raise PruningInputError(
+                f'pruner.compensate.damp={damp!r} must be a number in '
+                '[0, 1), e.g. 0.01')
+        self.reconstruct = reconstruct
+        self.batchnorm = batchnorm
+        self.damp = float(damp)
+
+    @property
+    def enabled(self) -> bool:
+        return self.reconstruct or self.batchnorm
+
+    @torch.no_grad()
+    def record(self, model: nn.Module, batches: Sequence[dict],
+               targets: Sequence[PruningTarget],
+               head_modules: Optional[Sequence[str]] = None
+               ) -> Optional[DenseLayers]:
+        """Before the pruning: the weights and input Gram matrices of the
+        layers to refit (None without ``reconstruct``)."""
+        if not self.reconstruct:
+            return None
+        layers = [t for t in targets if reconstructable(t)]
+        head = HeadOutputs(model, head_modules)
+        with LayerInputs(layers) as inputs:
+            for batch in batches:
+                head(batch)
+        return DenseLayers(
+            weights={t.name: t.weight.detach().clone() for t in layers},
+            grams=inputs.grams)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, batches: Sequence[dict],
+              targets: Sequence[PruningTarget],
+              dense: Optional[DenseLayers]) -> dict:
+        """After the pruning: refit, then re-estimate BatchNorm.
+
+        Returns:
+            dict: ``reconstructed`` (layers refitted: partly pruned ones),
+            ``not_reconstructed``
+            (pruned layers of other kinds, by kind) and ``batchnorm``
+            (BatchNorm layers re-estimated).
+        """
+        report: dict = dict(reconstructed=0, not_reconstructed={},
+                            batchnorm=0)
+        if dense is not None:
+            for target in targets:
+                weight = target.weight
+                if target.name not in dense.weights:
+                    if bool((weight == 0).any()):
+                        kinds = report['not_reconstructed']
+                        kinds[target.kind] = kinds.get(target.kind, 0) + 1
+                    continue
+                if bool((weight == 0).all()) or not bool((weight == 0).any()):
+                    continue  # nothing kept, or nothing pruned
+                rows = refit_rows(
+                    weight_rows(target, dense.weights[target.name]),
+                    weight_rows(target, weight != 0),
+                    dense.grams[target.name], self.damp)
+                weight.copy_(rows_to_weight(target, rows, weight))
+                report['reconstructed'] += 1
+        if self.batchnorm:
+            report['batchnorm'] = recalibrate_batchnorm(model, batches)
+        return report
+
+
+def build_compensation(cfg: Optional[dict],
+                       allow_reconstruct: bool = True) -> Compensation:
+    """A :class:`Compensation` from ``pruner.compensate`` (None: off).
+
+    Args:
+        cfg: ``dict(reconstruct=..., batchnorm=..., damp=...)`` or None.
+        allow_reconstruct: False for pruners whose masks are not weight
+            masks (channel pruning).
+    """
+    cfg = dict(cfg or {})
+    allowed = {'reconstruct', 'batchnorm', 'damp'}
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise PruningInputError(
+            f'pruner.compensate has unknown key(s) {unknown}; the keys are '
+            f'{sorted(allowed)}')
+    compensation = Compensation(**cfg)
+    if compensation.reconstruct and not allow_reconstruct:
+        raise PruningInputError(
+            'pruner.compensate.reconstruct=True refits weight-pruned layers '
+            'only; a channel pruner takes compensate=dict(batchnorm=True)')
+    return compensation

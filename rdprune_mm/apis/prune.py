@@ -14,9 +14,10 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 
 import rdprune_mm
 
+from ..distributed import get_rank_and_world_size, run_everywhere
 from ..errors import PruningInputError
 from ..fileio import atomic_write, write_json
-from ..finetune import finetune_config, train_with_runner
+from ..finetune import finetune_config, launcher_config, train_with_runner
 from ..plots import write_plots
 from ..registry import PRUNERS
 from ..report import allocation_report
@@ -87,6 +88,11 @@ def prune_detector(config: Union[str, Config],
     a channel pruner, the slim model (``slim.pth``, ``structure.json``,
     ``slim_config.py``).
 
+    Under a launcher (:func:`rdprune_mm.distributed.init_distributed`) every
+    rank runs this on the same frames: the curves are split across the
+    ranks, rank 0 allocates, and only rank 0 writes the outputs; an error on
+    one rank stops every rank with its message.
+
     Example::
 
         >>> import rdprune_mm
@@ -120,8 +126,12 @@ def prune_detector(config: Union[str, Config],
     device = check_device(device)
     pruner = build_pruner(cfg.pruner)
     work_dir = work_dir or default_work_dir(cfg, name)
-    check_outputs(work_dir, overwrite, pruning_outputs(cfg))
-    os.makedirs(work_dir, exist_ok=True)
+
+    def check() -> None:
+        check_outputs(work_dir, overwrite, pruning_outputs(cfg))
+        os.makedirs(work_dir, exist_ok=True)
+
+    run_everywhere(check)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     logger = MMLogger.get_instance(
         f'rdprune_mm_{timestamp}_{next(_RUNS)}',
@@ -142,7 +152,8 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
     # channels.export
     from ..channels.export import SLIM_OUTPUTS, write_slim_outputs
     from ..pruners import ChannelPruningResult
-    model, meta, batches = prepare_detector(cfg, checkpoint, device)
+    model, meta, batches = run_everywhere(
+        lambda: prepare_detector(cfg, checkpoint, device))
     result = pruner.prune(
         model, batches, cache_dir=osp.join(work_dir, 'curves'))
 
@@ -161,15 +172,21 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
         config=name,
         budget=result.budget,
         achieved=result.achieved_budget)
-    save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'), meta)
-    if channels:  # the masked model above, the slim model here
-        write_slim_outputs(model, result.keeps, cfg, work_dir, meta,
-                           result.exclude)
-    write_json(osp.join(work_dir, 'allocation.json'), report)
-    atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
-    write_plots(report, result.curves, work_dir)
-    written = OUTPUTS + SLIM_OUTPUTS if channels else OUTPUTS
-    logger.info(f'wrote {", ".join(written)} to {work_dir}')
+
+    def write() -> None:
+        save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'),
+                               meta)
+        if channels:  # the masked model above, the slim model here
+            write_slim_outputs(model, result.keeps, cfg, work_dir, meta,
+                               result.exclude)
+        write_json(osp.join(work_dir, 'allocation.json'), report)
+        atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
+        write_plots(report, result.curves, work_dir)
+        written = OUTPUTS + SLIM_OUTPUTS if channels else OUTPUTS
+        logger.info(f'wrote {", ".join(written)} to {work_dir}')
+
+    rank, _ = get_rank_and_world_size()
+    run_everywhere(write if rank == 0 else lambda: None)
     return report
 
 
@@ -178,6 +195,7 @@ def finetune_detector(config: Union[str, Config],
                       work_dir: Optional[str] = None,
                       resume: bool = False,
                       overwrite: bool = False,
+                      launcher: str = 'none',
                       **overrides: Any) -> Optional[str]:
     """Prune and fine-tune with mmengine's Runner and ``RDPruneHook``.
 
@@ -194,6 +212,9 @@ def finetune_detector(config: Union[str, Config],
         resume: Resume the latest checkpoint in ``work_dir`` (masks
             restored, nothing calibrated again).
         overwrite: Start again in a work dir that holds checkpoints.
+        launcher: ``'none'``, or the launcher of a distributed run
+            (``'pytorch'``, ``'slurm'``), which mmengine's Runner is given
+            (:func:`rdprune_mm.finetune.launcher_config`).
         **overrides: Config settings to merge, as for
             :func:`prune_detector`.
 
@@ -211,7 +232,8 @@ def finetune_detector(config: Union[str, Config],
             f'{work_dir} holds checkpoints of an earlier run; pass --resume '
             'to continue it, --overwrite to start again, or another '
             '--work-dir')
-    cfg = finetune_config(cfg, work_dir, checkpoint, resume)
+    cfg = launcher_config(
+        finetune_config(cfg, work_dir, checkpoint, resume), launcher)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise PruningInputError(
             f'checkpoint {checkpoint} does not exist; fix --checkpoint')

@@ -11,6 +11,12 @@ allocated and applied (:meth:`allocate`, :meth:`apply`) and what its result
 holds (:meth:`result`). The curves stage measures every unit at every level
 (:func:`rdprune_mm.curves.measure_curves`) unless the pruner estimates them
 otherwise; compensation is empty unless a pruner fills it.
+
+On several ranks (:mod:`rdprune_mm.distributed`) every rank runs the stages
+on the same frames: the ranks check that they hold the same weights and
+curve-cache key, split the curves, and take rank 0's allocation, so that
+every rank applies the same masks. A stage that raises on one rank raises
+on every rank.
 """
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ import torch
 from torch import nn
 
 from ..curves import CurveCache, measure_curves
+from ..distributed import (check_same_everywhere, is_distributed,
+                           on_rank_zero, run_everywhere)
+from ..fileio import fingerprint
 from ..registry import DISTORTIONS
 from ..targets import PruningTarget, find_targets
 from ..units import PruningUnit
@@ -177,21 +186,48 @@ class PruningPipeline:
         """
         self.check_keep_within(keep_within)
         start = time.perf_counter()
-        targets, extra = self.select(model)
-        state = PruningState(
-            targets=targets,
-            calibration=calibrate(model, batches, targets, self.head_modules,
-                                  self.distortion),
-            earlier=dict(keep_within or {}),
-            extra=extra)
-        self.setup(model, batches, state, cache_dir)
-        self.check_budget(state)
+
+        def prepare() -> PruningState:
+            targets, extra = self.select(model)
+            state = PruningState(
+                targets=targets,
+                calibration=calibrate(model, batches, targets,
+                                      self.head_modules, self.distortion),
+                earlier=dict(keep_within or {}),
+                extra=extra)
+            self.setup(model, batches, state, cache_dir)
+            self.check_budget(state)
+            return state
+
+        state = run_everywhere(prepare)
+        check_same_inputs(model, state)
         curves = self.curves(model, batches, state)
-        allocation = self.allocate(state, curves)
-        masks = self.apply(model, state, allocation)
-        self.compensate(model, batches, state, masks)
-        result = self.result(state, curves, allocation, masks,
-                             self.verify(state))
+        # computed once, on rank 0: every rank applies the same levels
+        allocation = on_rank_zero(lambda: self.allocate(state, curves))
+
+        def finish():
+            masks = self.apply(model, state, allocation)
+            self.compensate(model, batches, state, masks)
+            return self.result(state, curves, allocation, masks,
+                               self.verify(state))
+
+        result = run_everywhere(finish)
         result.seconds = time.perf_counter() - start
         result.log()
         return result
+
+
+def check_same_inputs(model: nn.Module, state: PruningState) -> None:
+    """Refuse ranks that hold other weights or another curve-cache key
+    (config, calibration outputs) than rank 0 (a no-op alone)."""
+    if not is_distributed():
+        return
+    fix = ('give every rank the same config, checkpoint and calibration '
+           'frames')
+    check_same_everywhere(
+        fingerprint(model.state_dict().items()), 'model weights', fix)
+    if state.cache is not None:
+        check_same_everywhere(
+            state.cache.key,
+            'curve-cache key (settings, weights and calibration outputs)',
+            fix)

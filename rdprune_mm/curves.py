@@ -99,9 +99,7 @@ class CurveCache:
         added: Dict[str, List[float]] = {}
         paths = self.shard_paths()
         for path in paths:
-            shard = CurveCache.__new__(CurveCache)
-            shard.key, shard.length, shard.path = self.key, self.length, path
-            for name, curve in shard._read().items():
+            for name, curve in self._read(path).items():
                 if name not in self.curves:
                     added.setdefault(name, curve)
         if added:
@@ -112,10 +110,12 @@ class CurveCache:
                     os.remove(path)
         return len(added)
 
-    def _read(self) -> Dict[str, List[float]]:
+    def _read(self, path: Optional[str] = None) -> Dict[str, List[float]]:
+        """The trusted entries of ``path`` (default: the cache file)."""
+        path = path or self.path
         logger = MMLogger.get_current_instance()
         try:
-            with open(self.path) as f:
+            with open(path) as f:
                 stored = json.load(f)
             curves = stored['curves'] if stored.get('key') == self.key \
                 else None
@@ -123,11 +123,11 @@ class CurveCache:
                 raise TypeError('curves is not a mapping')
         except (OSError, ValueError, TypeError, KeyError,
                 AttributeError) as error:
-            logger.warning(f'cache {self.path} cannot be read ({error}); '
+            logger.warning(f'cache {path} cannot be read ({error}); '
                            'discarded, its curves are measured again')
             return {}
         if curves is None:
-            logger.warning(f'cache {self.path} belongs to other settings; '
+            logger.warning(f'cache {path} belongs to other settings; '
                            'discarded, its curves are measured again')
             return {}
         good = {name: curve for name, curve in curves.items()
@@ -135,7 +135,7 @@ class CurveCache:
         if len(good) < len(curves):
             bad = sorted(set(curves) - set(good))
             logger.warning(
-                f'cache {self.path} holds {len(bad)} malformed entries '
+                f'cache {path} holds {len(bad)} malformed entries '
                 f'(e.g. {bad[0]}); they are measured again')
         return good
 

@@ -56,15 +56,16 @@ def is_distributed() -> bool:
     return dist.get_world_size() > 1
 
 
-def choose_backend(backend: str | None = None) -> str:
+def choose_backend(backend: str | None = None, log: bool = True) -> str:
     """``backend`` (default nccl) where CUDA is available, else gloo, with
-    one log line when a named nccl is replaced."""
+    one log line that says so (``log``)."""
     if torch.cuda.is_available():
         return backend or 'nccl'
-    if backend not in (None, 'gloo'):
+    if log:
+        asked = '' if backend in (None, 'gloo') else f' instead of {backend}'
         MMLogger.get_current_instance().info(
-            f'torch.distributed: CUDA is not available, so the {backend} '
-            'backend is replaced by gloo')
+            f'torch.distributed: CUDA is not available, so the backend is '
+            f'gloo{asked} (one process per CPU)')
     return 'gloo'
 
 
@@ -106,6 +107,11 @@ def init_distributed(launcher: str, backend: str | None = None,
     check_launcher_env(launcher)
     if launcher == 'none' or dist.is_distributed():
         return False
+    if launcher == 'slurm' and not torch.cuda.is_available():
+        raise PruningInputError(
+            '--launcher slurm needs CUDA devices (mmengine gives each task '
+            'one); on CPU start the processes with torchrun and --launcher '
+            'pytorch')
     backend = choose_backend(backend)
     kwargs = {} if timeout is None else dict(timeout=timeout)
     if torch.cuda.is_available():

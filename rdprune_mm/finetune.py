@@ -77,7 +77,7 @@ def launcher_config(cfg: Config, launcher: str = 'none') -> Config:
     from .distributed import choose_backend
     env_cfg = cfg.get('env_cfg', None) or {}
     dist_cfg = dict(env_cfg.get('dist_cfg', None) or {})
-    dist_cfg['backend'] = choose_backend(dist_cfg.get('backend'))
+    dist_cfg['backend'] = choose_backend(dist_cfg.get('backend'), log=False)
     cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
     if not torch.cuda.is_available() and not cfg.get('model_wrapper_cfg'):
         cfg.model_wrapper_cfg = dict(

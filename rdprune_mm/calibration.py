@@ -18,10 +18,35 @@ from typing import List, Optional, Sequence
 import numpy as np
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import DATA_SAMPLERS
 from mmengine.runner import Runner
 from torch import nn
+from torch.utils.data import Sampler
 
 from .errors import PruningInputError
+
+
+@DATA_SAMPLERS.register_module()
+class SameFramesSampler(Sampler):
+    """Every sample of the dataset in order, on every rank.
+
+    mmengine's ``DefaultSampler`` gives each rank of a distributed run its
+    own share of the samples; the calibration must see the same frames on
+    every rank, or the ranks measure different curves.
+
+    Args:
+        dataset: The dataset.
+        seed: Ignored (the Runner passes one to every sampler).
+    """
+
+    def __init__(self, dataset, seed: Optional[int] = None) -> None:
+        self.size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.size))
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _preprocess(model: nn.Module, batches) -> List[dict]:
@@ -59,7 +84,8 @@ def dataloader_batches(cfg: Config,
 
     Returns:
         list[dict]: Collated batches as the dataloader yields them, before
-        the model's data preprocessor.
+        the model's data preprocessor; the same on every rank
+        (:class:`SameFramesSampler`).
     """
     if num_samples < 1:
         raise PruningInputError(
@@ -81,11 +107,12 @@ def dataloader_batches(cfg: Config,
             if t['type'].split('.')[-1] not in skip_transforms
         ]
     _check_ann_file(dataset_cfg)
+    loader_cfg.pop('sampler', None)  # update() would merge its keys
     loader_cfg.update(
         batch_size=1,
         num_workers=0,
         persistent_workers=False,
-        sampler=dict(type='DefaultSampler', shuffle=False))
+        sampler=dict(type=SameFramesSampler))
     loader = Runner.build_dataloader(loader_cfg)
     batches = []
     for batch in loader:

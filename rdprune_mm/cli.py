@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
+from .distributed import (LAUNCHERS, check_launcher_env, close_distributed,
+                          init_distributed)
 from .errors import PruningInputError, run_tool
 
 
@@ -52,6 +54,13 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         'for a file that holds Python objects beside its weights; it can '
         'run code: only for a file you trust')
     parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher, as in mmdet3d\'s tools: pytorch under torchrun '
+        '(the curves are split across the processes; rank 0 writes the '
+        'outputs), slurm under srun')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -82,17 +91,25 @@ def run_prune(args: argparse.Namespace) -> Optional[dict]:
     from .apis import finetune_detector, load_config, prune_detector
     if args.resume and not args.finetune:
         raise PruningInputError('--resume needs --finetune')
+    launcher = getattr(args, 'launcher', 'none')
+    check_launcher_env(launcher)
     # loaded here so that any --cfg-options key merges, work_dir included
     cfg = load_config(
         args.config, args.cfg_options, require_pruner=not args.finetune)
-    if args.finetune:
-        finetune_detector(
-            cfg, args.checkpoint, args.work_dir, resume=args.resume,
-            overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
-        return None
-    return prune_detector(cfg, args.checkpoint, args.work_dir, args.device,
-                          overwrite=args.overwrite,
-                          trust_checkpoint=args.trust_checkpoint)
+    dist_cfg = (cfg.get('env_cfg', None) or {}).get('dist_cfg', None) or {}
+    started = init_distributed(launcher, dist_cfg.get('backend'))
+    try:
+        if args.finetune:
+            finetune_detector(
+                cfg, args.checkpoint, args.work_dir, resume=args.resume,
+                overwrite=args.overwrite, launcher=launcher,
+                trust_checkpoint=args.trust_checkpoint)
+            return None
+        return prune_detector(cfg, args.checkpoint, args.work_dir,
+                              args.device, overwrite=args.overwrite,
+                              trust_checkpoint=args.trust_checkpoint)
+    finally:
+        close_distributed(started)
 
 
 def prune_main(argv: Optional[Sequence[str]] = None,

@@ -10,19 +10,30 @@ Curves are written to a JSON cache after every finished layer, keyed by a
 fingerprint of the model, the calibration outputs and the settings: an
 interrupted run resumes at the first unfinished layer and a rerun computes
 nothing.
+
+On several ranks (:mod:`rdprune_mm.distributed`) each rank measures its
+round-robin share of the units not cached yet and writes them to its own
+shard, ``<prefix>-<key[:16]>.rank<r>.json``; the shards are gathered, rank 0
+merges them into the cache and removes them. Shards that an interrupted run
+left are merged by the next run, on any number of ranks.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
+import os
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from mmengine import dist
 from mmengine.logging import MMLogger
 
+from .distributed import (get_rank_and_world_size, run_everywhere,
+                          split_round_robin)
 from .errors import PruningInputError
 from .fileio import write_json
 from .masks import magnitude_order, pruned_counts
@@ -38,30 +49,73 @@ class CurveCache:
     A file that cannot be read, holds another key, or holds entries that are
     not ``length`` finite numbers is not trusted: the bad entries (all of
     them for an unreadable file) are discarded with a warning and measured
-    again.
+    again. On several ranks only rank 0 writes the cache file.
 
     Args:
         folder: Where cache files live (None: no cache).
         key: The fingerprint the curves belong to.
         prefix: Start of the file name.
         length: Values every entry holds (None: any number).
+        shard: The rank whose shard this is (None: the cache itself).
     """
 
     def __init__(self, folder: Optional[str], key: str,
                  prefix: str = 'curves',
-                 length: Optional[int] = None) -> None:
+                 length: Optional[int] = None,
+                 shard: Optional[int] = None) -> None:
+        self.folder = folder
         self.key = key
+        self.prefix = prefix
         self.length = length
-        self.path = (osp.join(folder, f'{prefix}-{key[:16]}.json')
+        suffix = '' if shard is None else f'.rank{shard}'
+        self.path = (osp.join(folder, f'{prefix}-{key[:16]}{suffix}.json')
                      if folder else None)
+        # a shard is written by its rank, the cache by rank 0 alone
+        self.writes = shard is not None or dist.is_main_process()
         self.curves: Dict[str, List[float]] = {}
         if self.path and osp.isfile(self.path):
             self.curves = self._read()
 
-    def _read(self) -> Dict[str, List[float]]:
+    def shard(self, rank: int) -> 'CurveCache':
+        """The shard of ``rank``, where it writes the curves it measures."""
+        return CurveCache(self.folder, self.key, self.prefix, self.length,
+                          shard=rank)
+
+    def shard_paths(self) -> List[str]:
+        """The shard files of this cache in its folder, any rank."""
+        if not self.folder:
+            return []
+        pattern = osp.join(self.folder,
+                           f'{self.prefix}-{self.key[:16]}.rank*.json')
+        return sorted(glob.glob(pattern))
+
+    def merge_shards(self) -> int:
+        """Add the curves of every shard file (of this key) that the cache
+        lacks, write the cache and remove the shards.
+
+        Returns:
+            int: How many curves the shards added.
+        """
+        added: Dict[str, List[float]] = {}
+        paths = self.shard_paths()
+        for path in paths:
+            for name, curve in self._read(path).items():
+                if name not in self.curves:
+                    added.setdefault(name, curve)
+        if added:
+            self.update(added)
+        if self.writes:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return len(added)
+
+    def _read(self, path: Optional[str] = None) -> Dict[str, List[float]]:
+        """The trusted entries of ``path`` (default: the cache file)."""
+        path = path or self.path
         logger = MMLogger.get_current_instance()
         try:
-            with open(self.path) as f:
+            with open(path) as f:
                 stored = json.load(f)
             curves = stored['curves'] if stored.get('key') == self.key \
                 else None
@@ -69,11 +123,11 @@ class CurveCache:
                 raise TypeError('curves is not a mapping')
         except (OSError, ValueError, TypeError, KeyError,
                 AttributeError) as error:
-            logger.warning(f'cache {self.path} cannot be read ({error}); '
+            logger.warning(f'cache {path} cannot be read ({error}); '
                            'discarded, its curves are measured again')
             return {}
         if curves is None:
-            logger.warning(f'cache {self.path} belongs to other settings; '
+            logger.warning(f'cache {path} belongs to other settings; '
                            'discarded, its curves are measured again')
             return {}
         good = {name: curve for name, curve in curves.items()
@@ -81,7 +135,7 @@ class CurveCache:
         if len(good) < len(curves):
             bad = sorted(set(curves) - set(good))
             logger.warning(
-                f'cache {self.path} holds {len(bad)} malformed entries '
+                f'cache {path} holds {len(bad)} malformed entries '
                 f'(e.g. {bad[0]}); they are measured again')
         return good
 
@@ -106,7 +160,7 @@ class CurveCache:
         """Store several curves with one write."""
         for name, curve in curves.items():
             self.curves[name] = [float(v) for v in curve]
-        if self.path:
+        if self.path and self.writes:
             write_json(self.path, dict(key=self.key, curves=self.curves))
 
 
@@ -130,7 +184,11 @@ def measure_curves(units: Sequence[PruningUnit],
     Each unit is pruned alone (:meth:`PruningUnit.pruned`) at every
     distinct level key and the distortion of the head outputs is measured;
     a key of 0 (nothing pruned) reads ``unpruned_distortion``. Every
-    finished unit is written to ``cache`` at once.
+    finished unit is written to ``cache`` at once, or on several ranks to
+    the rank's shard: each rank measures a round-robin share of the units
+    that the cache (with the shards of an earlier run) lacks, the ranks
+    meet after every unit (an error on one rank stops them all), and the
+    curves are gathered into the cache on every rank.
 
     Args:
         units: What the curves prune.
@@ -144,28 +202,61 @@ def measure_curves(units: Sequence[PruningUnit],
         dict[str, np.ndarray]: One curve per unit name.
     """
     logger = MMLogger.get_current_instance()
+    rank, world_size = get_rank_and_world_size()
+    if world_size > 1:  # the cache as rank 0 reads it, shards merged
+        run_everywhere(lambda: cache.merge_shards() if rank == 0 else 0)
+        box = [cache.curves]
+        dist.broadcast_object_list(box, src=0)
+        cache.curves = box[0]
+    else:
+        cache.merge_shards()
     todo = [u for u in units if u.name not in cache]
     if len(todo) < len(units):
         logger.info(f'curves: {len(units) - len(todo)} of {len(units)} '
                     f'{noun} loaded from {cache.path}')
-    passes = sum(len(set(u.level_keys.tolist()) - {0}) for u in todo)
+    mine = split_round_robin(todo, rank, world_size)
+    passes = sum(len(set(u.level_keys.tolist()) - {0}) for u in mine)
     if todo:
-        logger.info(f'curves: measuring {len(todo)} {noun}, {passes} '
-                    'passes of the calibration set')
+        share = (f' ({len(mine)} on rank {rank} of {world_size})'
+                 if world_size > 1 else '')
+        logger.info(f'curves: measuring {len(todo)} {noun}{share}, '
+                    f'{passes} passes of the calibration set')
+    written = cache.shard(rank) if world_size > 1 else cache
+    rounds = -(-len(todo) // world_size)
     with contextlib.ExitStack() as stack:
-        progress = stack.enter_context(progress_bar(passes)) if passes \
-            else None
-        for unit in todo:
+        progress = stack.enter_context(progress_bar(passes)) \
+            if passes and rank == 0 else None
+
+        def measure_unit(unit: PruningUnit) -> None:
             measured = {0: unpruned_distortion}
             for key in unit.level_keys.tolist():
                 if key in measured:
                     continue
                 with unit.pruned(key):
                     measured[key] = check_finite(measure(), unit.name, key)
-                progress.update()
-            cache[unit.name] = np.array(
+                if progress is not None:
+                    progress.update()
+            written[unit.name] = np.array(
                 [measured[key] for key in unit.level_keys.tolist()],
                 dtype=np.float64)
+
+        for index in range(rounds):
+            # every rank meets after each round: no rank waits on one
+            # that failed for longer than a unit
+            run_everywhere(lambda: measure_unit(mine[index])
+                           if index < len(mine) else None)
+    if world_size > 1:
+        gathered = dist.all_gather_object(
+            {u.name: written.curves[u.name] for u in mine})
+        merged: Dict[str, List[float]] = {}
+        for curves in gathered:
+            merged.update(curves)
+        # rank 0 writes it, in the units' order
+        cache.update({u.name: merged[u.name] for u in todo})
+        if written.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(written.path)
+        dist.barrier()
     return {u.name: cache[u.name] for u in units}
 
 

@@ -70,6 +70,28 @@ def finetune_config(cfg: Config,
     return cfg
 
 
+def launcher_config(cfg: Config, launcher: str = 'none') -> Config:
+    """``cfg`` for mmengine's Runner under ``launcher`` (the OpenMMLab
+    name): ``launcher`` set, the backend of ``env_cfg.dist_cfg`` replaced
+    by gloo without CUDA, and without CUDA a
+    ``MMDistributedDataParallel`` with no device ids (one CPU process per
+    rank) unless the config names a wrapper."""
+    cfg = copy.deepcopy(cfg)
+    cfg.launcher = launcher
+    if launcher == 'none':
+        return cfg
+    # imported here: rdprune_mm.distributed logs through MMLogger
+    from .distributed import choose_backend
+    env_cfg = cfg.get('env_cfg', None) or {}
+    dist_cfg = dict(env_cfg.get('dist_cfg', None) or {})
+    dist_cfg['backend'] = choose_backend(dist_cfg.get('backend'), log=False)
+    cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
+    if not torch.cuda.is_available() and not cfg.get('model_wrapper_cfg'):
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None)
+    return cfg
+
+
 def prepare_runner_process() -> None:
     """What a process that runs mmengine's Runner needs from rdprune_mm:
     CPU support (:mod:`rdprune_mm.cpu`) when torch has no CUDA device, and

@@ -9,6 +9,12 @@ Example::
     python tools/prune.py \
         configs/centerpoint/rd-weight_centerpoint_voxel01_second_secfpn_nus.py \
         --checkpoint centerpoint.pth --work-dir work_dirs/centerpoint
+
+On 8 GPUs (the curves split across the processes, docs/distributed.md)::
+
+    torchrun --nproc_per_node 8 tools/prune.py CONFIG \
+        --checkpoint centerpoint.pth --work-dir work_dirs/centerpoint \
+        --launcher pytorch
 """
 from __future__ import annotations
 

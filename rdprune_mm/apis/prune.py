@@ -14,9 +14,10 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 
 import rdprune_mm
 
+from ..distributed import get_rank_and_world_size, run_everywhere
 from ..errors import PruningInputError
 from ..fileio import atomic_write, write_json
-from ..finetune import finetune_config, train_with_runner
+from ..finetune import finetune_config, launcher_config, train_with_runner
 from ..plots import write_plots
 from ..registry import PRUNERS
 from ..report import allocation_report
@@ -88,6 +89,11 @@ def prune_detector(config: Union[str, Config],
     a channel pruner, the slim model (``slim.pth``, ``structure.json``,
     ``slim_config.py``).
 
+    Under a launcher (:func:`rdprune_mm.distributed.init_distributed`) every
+    rank runs this on the same frames: the curves are split across the
+    ranks, rank 0 allocates, and only rank 0 writes the outputs; an error on
+    one rank stops every rank with its message.
+
     Example::
 
         >>> import rdprune_mm
@@ -123,8 +129,12 @@ def prune_detector(config: Union[str, Config],
     device = check_device(device)
     pruner = build_pruner(cfg.pruner)
     work_dir = work_dir or default_work_dir(cfg, name)
-    check_outputs(work_dir, overwrite, pruning_outputs(cfg))
-    os.makedirs(work_dir, exist_ok=True)
+
+    def check() -> None:
+        check_outputs(work_dir, overwrite, pruning_outputs(cfg))
+        os.makedirs(work_dir, exist_ok=True)
+
+    run_everywhere(check)
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     logger = MMLogger.get_instance(
         f'rdprune_mm_{timestamp}_{next(_RUNS)}',
@@ -146,8 +156,9 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
     # channels.export
     from ..channels.export import SLIM_OUTPUTS, write_slim_outputs
     from ..pruners import ChannelPruningResult
-    model, meta, batches = prepare_detector(
-        cfg, checkpoint, device, trust_checkpoint=trust_checkpoint)
+    model, meta, batches = run_everywhere(
+        lambda: prepare_detector(cfg, checkpoint, device,
+                                 trust_checkpoint=trust_checkpoint))
     result = pruner.prune(
         model, batches, cache_dir=osp.join(work_dir, 'curves'))
 
@@ -166,15 +177,21 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
         config=name,
         budget=result.budget,
         achieved=result.achieved_budget)
-    save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'), meta)
-    if channels:  # the masked model above, the slim model here
-        write_slim_outputs(model, result.keeps, cfg, work_dir, meta,
-                           result.exclude)
-    write_json(osp.join(work_dir, 'allocation.json'), report)
-    atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
-    write_plots(report, result.curves, work_dir)
-    written = OUTPUTS + SLIM_OUTPUTS if channels else OUTPUTS
-    logger.info(f'wrote {", ".join(written)} to {work_dir}')
+
+    def write() -> None:
+        save_pruned_checkpoint(model, osp.join(work_dir, 'pruned.pth'),
+                               meta)
+        if channels:  # the masked model above, the slim model here
+            write_slim_outputs(model, result.keeps, cfg, work_dir, meta,
+                               result.exclude)
+        write_json(osp.join(work_dir, 'allocation.json'), report)
+        atomic_write(osp.join(work_dir, 'config.py'), cfg.dump)
+        write_plots(report, result.curves, work_dir)
+        written = OUTPUTS + SLIM_OUTPUTS if channels else OUTPUTS
+        logger.info(f'wrote {", ".join(written)} to {work_dir}')
+
+    rank, _ = get_rank_and_world_size()
+    run_everywhere(write if rank == 0 else lambda: None)
     return report
 
 
@@ -184,6 +201,7 @@ def finetune_detector(config: Union[str, Config],
                       resume: bool = False,
                       overwrite: bool = False,
                       trust_checkpoint: bool = False,
+                      launcher: str = 'none',
                       **overrides: Any) -> Optional[str]:
     """Prune and fine-tune with mmengine's Runner and ``RDPruneHook``.
 
@@ -202,6 +220,9 @@ def finetune_detector(config: Union[str, Config],
         overwrite: Start again in a work dir that holds checkpoints.
         trust_checkpoint: Load ``checkpoint`` with full unpickling
             (``weights_only=False``); only for a file you trust.
+        launcher: ``'none'``, or the launcher of a distributed run
+            (``'pytorch'``, ``'slurm'``), which mmengine's Runner is given
+            (:func:`rdprune_mm.finetune.launcher_config`).
         **overrides: Config settings to merge, as for
             :func:`prune_detector`.
 
@@ -219,7 +240,9 @@ def finetune_detector(config: Union[str, Config],
             f'{work_dir} holds checkpoints of an earlier run; pass --resume '
             'to continue it, --overwrite to start again, or another '
             '--work-dir')
-    cfg = finetune_config(cfg, work_dir, checkpoint, resume, trust_checkpoint)
+    cfg = launcher_config(
+        finetune_config(cfg, work_dir, checkpoint, resume,
+                        trust_checkpoint), launcher)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise PruningInputError(
             f'checkpoint {checkpoint} does not exist; fix --checkpoint')

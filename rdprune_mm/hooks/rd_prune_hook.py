@@ -17,7 +17,10 @@ from torch import nn
 
 from ..calibration import calibration_batches
 from ..checkpoint import checkpoint_misfit
+from ..distributed import (broadcast_module_state, check_same_everywhere,
+                           run_everywhere)
 from ..errors import PruningInputError
+from ..fileio import fingerprint
 from ..masks import apply_masks
 from ..pipeline import check_budget
 from ..registry import PRUNERS
@@ -34,6 +37,17 @@ def _apply(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
     apply_masks(dict(model.named_modules()), masks)
 
 
+def check_masks_everywhere(masks: Dict[str, torch.Tensor]) -> None:
+    """Refuse ranks whose masks differ from rank 0's (SHA-256 of every
+    mask, all-gathered; a no-op alone): DDP would average the gradients of
+    differently pruned models."""
+    check_same_everywhere(
+        fingerprint(sorted(masks.items())), 'RDPruneHook masks',
+        'stopping, since DDP would average the gradients of differently '
+        'pruned models; give every rank the same checkpoint and '
+        'calibration frames')
+
+
 # Registered in mmengine's root registry, so that mmdet3d's and mmdet's
 # child registries (any default_scope) find it.
 @HOOKS.register_module()
@@ -48,6 +62,12 @@ class RDPruneHook(Hook):
     decay, gradient accumulation and loss scaling cannot regrow a pruned
     weight. The masks and the rounds done are saved in every checkpoint:
     ``resume=True`` and ``load_from`` restore them instead of pruning again.
+
+    Under DDP (a launcher) every rank calibrates on the same frames with
+    rank 0's weights and BatchNorm statistics, the curves are split across
+    the ranks and rank 0 allocates (:class:`PruningPipeline`); the masks'
+    SHA-256 is then compared across the ranks, which stop with a clear
+    message if they differ.
 
     Args:
         pruner: Pruner config (``PRUNERS`` registry); its ``budget`` is the
@@ -137,6 +157,7 @@ class RDPruneHook(Hook):
             self.masks = dict(self._restored['masks'])
             self.history = list(self._restored.get('history', []))
             self._restored = None
+            check_masks_everywhere(self.masks)
             self._apply_everywhere(runner)
             runner.logger.info(
                 f'RDPruneHook: restored the masks of {self.rounds_done} '
@@ -191,13 +212,17 @@ class RDPruneHook(Hook):
         model.eval()
         pruner = PRUNERS.build({**self.pruner_cfg,
                                 'budget': round_cfg['budget']})
-        batches = calibration_batches(runner.cfg, model, self.calibration)
+        # DDP keeps the weights equal, not every buffer (BatchNorm)
+        broadcast_module_state(model)
+        batches = run_everywhere(
+            lambda: calibration_batches(runner.cfg, model, self.calibration))
         result = pruner.prune(
             model,
             batches,
             cache_dir=osp.join(runner.work_dir, self.curve_dir),
             keep_within=self.masks or None)
         self.masks = result.masks
+        check_masks_everywhere(self.masks)
         self._apply_everywhere(runner)
         model.zero_grad(set_to_none=True)
         model.train(training)

@@ -13,6 +13,11 @@ holds (:meth:`result`). The curves stage measures every unit at every level
 otherwise. Compensation (:mod:`rdprune_mm.compensation`) runs when
 ``compensate`` asks for it: the unpruned layers are recorded before the
 apply stage, and the measured distortion before and after is reported.
+On several ranks (:mod:`rdprune_mm.distributed`) every rank runs the stages
+on the same frames: the ranks check that they hold the same weights and
+curve-cache key, split the curves, and take rank 0's allocation, so that
+every rank applies the same masks. A stage that raises on one rank raises
+on every rank.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from torch import nn
 
 from ..compensation import DenseLayers, build_compensation
 from ..curves import CurveCache, measure_curves
+from ..distributed import (check_same_everywhere, is_distributed,
+                           on_rank_zero, run_everywhere)
+from ..fileio import fingerprint
 from ..registry import DISTORTIONS
 from ..targets import PruningTarget, find_targets
 from ..units import PruningUnit
@@ -202,31 +210,60 @@ class PruningPipeline:
         """
         self.check_keep_within(keep_within)
         start = time.perf_counter()
-        targets, extra = self.select(model)
-        state = PruningState(
-            targets=targets,
-            calibration=calibrate(model, batches, targets, self.head_modules,
-                                  self.distortion),
-            earlier=dict(keep_within or {}),
-            extra=extra)
-        self.setup(model, batches, state, cache_dir)
-        self.check_budget(state)
+
+        def prepare() -> PruningState:
+            targets, extra = self.select(model)
+            state = PruningState(
+                targets=targets,
+                calibration=calibrate(model, batches, targets,
+                                      self.head_modules, self.distortion),
+                earlier=dict(keep_within or {}),
+                extra=extra)
+            self.setup(model, batches, state, cache_dir)
+            self.check_budget(state)
+            return state
+
+        state = run_everywhere(prepare)
+        check_same_inputs(model, state)
         curves = self.curves(model, batches, state)
-        allocation = self.allocate(state, curves)
-        dense = self.compensation.record(model, batches, state.targets,
-                                         self.head_modules)
-        masks = self.apply(model, state, allocation)
-        compensation = self.compensate(model, batches, state, dense)
-        measured = self.verify(state)
-        result = self.result(state, curves, allocation, masks, measured)
-        if compensation is not None:
-            compensation['distortion_after'] = measured
-            result.compensation = compensation
-            MMLogger.get_current_instance().info(
-                f'compensation: {compensation["reconstructed"]} layers '
-                f'refitted, {compensation["batchnorm"]} BatchNorm layers '
-                're-estimated; measured distortion '
-                f'{compensation["distortion_before"]:.4g} -> {measured:.4g}')
+        # computed once, on rank 0: every rank applies the same levels
+        allocation = on_rank_zero(lambda: self.allocate(state, curves))
+
+        def finish():
+            dense = self.compensation.record(model, batches, state.targets,
+                                             self.head_modules)
+            masks = self.apply(model, state, allocation)
+            compensation = self.compensate(model, batches, state, dense)
+            measured = self.verify(state)
+            result = self.result(state, curves, allocation, masks, measured)
+            if compensation is not None:
+                compensation['distortion_after'] = measured
+                result.compensation = compensation
+                MMLogger.get_current_instance().info(
+                    f'compensation: {compensation["reconstructed"]} layers '
+                    f'refitted, {compensation["batchnorm"]} BatchNorm layers '
+                    're-estimated; measured distortion '
+                    f'{compensation["distortion_before"]:.4g} -> '
+                    f'{measured:.4g}')
+            return result
+
+        result = run_everywhere(finish)
         result.seconds = time.perf_counter() - start
         result.log()
         return result
+
+
+def check_same_inputs(model: nn.Module, state: PruningState) -> None:
+    """Refuse ranks that hold other weights or another curve-cache key
+    (config, calibration outputs) than rank 0 (a no-op alone)."""
+    if not is_distributed():
+        return
+    fix = ('give every rank the same config, checkpoint and calibration '
+           'frames')
+    check_same_everywhere(
+        fingerprint(model.state_dict().items()), 'model weights', fix)
+    if state.cache is not None:
+        check_same_everywhere(
+            state.cache.key,
+            'curve-cache key (settings, weights and calibration outputs)',
+            fix)

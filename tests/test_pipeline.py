@@ -14,8 +14,10 @@ from rdprune_mm.channels import find_channel_groups, total_cost_after
 from rdprune_mm.errors import PruningInputError
 from rdprune_mm.pipeline import (BudgetSearch, CostModel, TableCost,
                                  WeightImportance, build_importance)
+from rdprune_mm.pipeline.cost_models import LatencyCost
 from rdprune_mm.pipeline.importance import MagnitudeImportance
 from rdprune_mm.pruners import ChannelBaselinePruner, RDWeightPruner
+from rdprune_mm.pruners.channel_baseline_pruner import fastest_objective
 from rdprune_mm.registry import IMPORTANCES, PRUNERS
 from test_channel_pruner import dense_costs, tiny_setup
 
@@ -196,6 +198,36 @@ def test_fastest_channel_baseline_meets_the_budget():
     assert total_cost_after(groups, _counts(result), dense) <= 0.5 * sum(
         dense.values())
     assert result.latency_kept is not None and result.latency_kept < 1
+
+
+def test_fastest_meets_the_budget_when_timings_say_pruning_is_slower(
+        monkeypatch):
+    """Noisy timings of tiny layers can make fewer channels look slower;
+    the fastest allocation must still meet its FLOPs budget."""
+    timed = LatencyCost.separable
+
+    def slower_when_pruned(self):
+        tables, fixed = timed(self)
+        return [t[::-1].copy() for t in tables], fixed
+
+    monkeypatch.setattr(LatencyCost, 'separable', slower_when_pruned)
+    model, batches = tiny_setup()
+    groups = find_channel_groups(model)
+    dense = dense_costs(model, batches, 'flops')
+    result = PRUNERS.build(
+        dict(type='ChannelBaselinePruner', allocation='fastest', budget=0.5,
+             head_modules=['head'], num_levels=4, latency_repeats=1)).prune(
+                 model, batches)
+    assert total_cost_after(groups, _counts(result), dense) <= 0.5 * sum(
+        dense.values())
+
+
+def test_fastest_objective_never_rewards_keeping_channels():
+    times = np.array([3.0, 3.5, 2.0, 2.0, 2.5])  # noisy, levels 0..4
+    flops = np.array([10.0, 8.0, 6.0, 4.0, 2.0])
+    objective = fastest_objective(times, flops)
+    assert np.all(np.diff(objective) < 0)
+    assert objective == pytest.approx([3.0, 3.0, 2.0, 2.0, 2.0])
 
 
 def test_channel_baseline_settings_refused():

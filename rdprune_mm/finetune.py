@@ -147,7 +147,7 @@ def _missing_files_named() -> Iterator[None]:
             else str(error).rstrip('.')
         raise PruningInputError(
             f'{problem}; fix the path in the config (e.g. '
-            'train_dataloader.dataset.data_root / ann_file, the '
+            "a dataloader's dataset.data_root / ann_file, the "
             'ObjectSample db_sampler info_path, load_from) or with '
             '--cfg-options') from None
 
@@ -161,8 +161,12 @@ def evaluate_with_runner(cfg: Config) -> dict:
 
     Returns:
         dict: The evaluator's metrics.
+
+    Raises:
+        PruningInputError: As :func:`train_with_runner`.
     """
     prepare_runner_process()
-    runner = Runner.from_cfg(cfg)
-    with mmengine_checkpoints(_checkpoints_of(cfg)):
-        return runner.test()
+    with _missing_files_named():
+        runner = Runner.from_cfg(cfg)
+        with mmengine_checkpoints(_checkpoints_of(cfg)):
+            return runner.test()

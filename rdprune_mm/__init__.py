@@ -4,7 +4,8 @@ Importing the package registers its pruners, distortion measures and
 ``RDPruneHook`` and changes nothing else. CPU support for mmdet3d's LiDAR
 detectors is switched on by importing :mod:`rdprune_mm.cpu`.
 """
-from . import distortion, hooks, pruners  # noqa: F401
+from . import (decoded_distortion, distortion, hooks, models,  # noqa: F401
+               pruners)
 from .allocator import Allocation, InfeasibleBudgetError, allocate
 from .errors import PruningInputError
 from .hooks import RDPruneHook

@@ -8,7 +8,7 @@ distortion of the whole model with the sum of the layers' curves.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ class AdditivitySample:
         return self.measured / self.predicted if self.predicted else np.nan
 
 
-def random_levels(costs: Sequence[np.ndarray], budget: float,
-                  rng: np.random.Generator) -> List[int]:
+def random_levels(costs: Sequence[np.ndarray],
+                  budget: float,
+                  rng: np.random.Generator,
+                  preference: Optional[np.ndarray] = None) -> List[int]:
     """A random allocation that keeps at most ``budget`` of the cost.
 
     Starting from every layer unpruned, a random layer goes one level
@@ -43,6 +45,8 @@ def random_levels(costs: Sequence[np.ndarray], budget: float,
         costs: Per layer, the kept cost at each level (non-increasing).
         budget: Share of the total unpruned cost to keep, in (0, 1].
         rng: The random generator.
+        preference: Per layer, a positive weight of its chance to be drawn
+            (None: all alike); uneven weights give uneven allocations.
 
     Returns:
         list[int]: One level per layer.
@@ -52,7 +56,11 @@ def random_levels(costs: Sequence[np.ndarray], budget: float,
     kept = total
     open_layers = [i for i, c in enumerate(costs) if len(c) > 1]
     while kept > budget * total and open_layers:
-        i = open_layers[rng.integers(len(open_layers))]
+        if preference is None:
+            i = open_layers[rng.integers(len(open_layers))]
+        else:
+            chance = preference[open_layers] / preference[open_layers].sum()
+            i = open_layers[rng.choice(len(open_layers), p=chance)]
         kept -= float(costs[i][levels[i]] - costs[i][levels[i] + 1])
         levels[i] += 1
         if levels[i] == len(costs[i]) - 1:

@@ -57,12 +57,16 @@ class Allocation:
         distortion (float): Sum of the chosen distortions.
         cost (float): Sum of the chosen remaining costs.
         budget (float): Budget the allocation was solved for.
+        lower_bound (float): No allocation within the budget has less
+            distortion: equal to ``distortion`` where the optimum is proven,
+            the Lagrangian bound where the exact search gave up.
     """
 
     levels: tuple[int, ...]
     distortion: float
     cost: float
     budget: float
+    lower_bound: float = math.nan
 
 
 class InfeasibleBudgetError(ValueError):
@@ -130,6 +134,7 @@ def allocate(distortions: Sequence[ArrayLike],
         raise InfeasibleBudgetError(budget, min_total)
     cheapest = [_best(d, c, a[c[a] == b]) for d, c, a, b in zip(
         dists, costs_, allowed, bases)]
+    bound = None  # proven optimal unless the exact search gives up
     if math.fsum(float(c[a].max()) for c, a in zip(costs_, allowed)) <= budget:
         levels = [_best(d, c, a) for d, c, a in zip(dists, costs_, allowed)]
     elif _unit_is_exact(costs_, allowed, bases, budget - min_total,
@@ -137,17 +142,19 @@ def allocate(distortions: Sequence[ArrayLike],
         levels = _solve(dists, costs_, allowed, bases, budget - min_total,
                         resolution, budget, cheapest)
     else:
-        levels = _solve_exact_or_best(dists, costs_, allowed, bases,
-                                      budget, resolution, cheapest)
+        levels, bound = _solve_exact_or_best(dists, costs_, allowed, bases,
+                                             budget, resolution, cheapest)
     total = math.fsum(float(c[k]) for c, k in zip(costs_, levels))
     if total > budget:
         raise RuntimeError(f'allocation cost {total!r} exceeds the budget '
                            f'{budget!r}; this is a bug in allocate')
+    distortion = math.fsum(float(d[k]) for d, k in zip(dists, levels))
     return Allocation(
         levels=tuple(levels),
-        distortion=math.fsum(float(d[k]) for d, k in zip(dists, levels)),
+        distortion=distortion,
         cost=total,
-        budget=budget)
+        budget=budget,
+        lower_bound=distortion if bound is None else min(bound, distortion))
 
 
 def _check_tables(
@@ -290,22 +297,24 @@ def _unit_is_exact(costs: list[np.ndarray], allowed: list[np.ndarray],
 def _solve_exact_or_best(dists: list[np.ndarray], costs: list[np.ndarray],
                          allowed: list[np.ndarray], bases: list[float],
                          budget: float, resolution: int,
-                         cheapest: list[int]) -> list[int]:
+                         cheapest: list[int]) -> tuple[list[int],
+                                                       float | None]:
     """The exact optimum by the reduced Pareto search
     (:mod:`rdprune_mm.exact_allocator`); where it gives up (too many
     states), the better of the discretized DP and the equal-slope
-    (Lagrangian) allocation."""
+    (Lagrangian) allocation with its unused budget spent, and the
+    Lagrangian lower bound (``None`` when the optimum is proven)."""
     lagrangian = lagrangian_bound(dists, costs, allowed, budget)
     exact = pareto_search(dists, costs, allowed, budget, lagrangian,
                           max_states=_state_cap(len(costs), resolution))
     if exact is not None:
-        return exact
+        return exact, None
     levels = _solve(dists, costs, allowed, bases, budget - sum(bases),
                     resolution, budget, cheapest)
     incumbent = lagrangian.levels
     if _total(dists, incumbent) < _total(dists, levels):
-        return list(incumbent)
-    return levels
+        return list(incumbent), lagrangian.bound
+    return levels, lagrangian.bound
 
 
 def _state_cap(num_layers: int, resolution: int) -> int:

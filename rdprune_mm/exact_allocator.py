@@ -5,7 +5,9 @@ allocate` when its rounded dynamic program would not be exact.
    layer takes ``argmin_k d[k] + lam * c[k]``; ``lam`` is bisected. The
    feasible pick of least distortion is an incumbent ``U``, and for every
    ``lam >= 0`` the Lagrangian ``L(lam) = sum_l min_k (d + lam c) - lam B``
-   is a lower bound of the optimum.
+   is a lower bound of the optimum. The incumbent then spends the budget
+   it leaves unused (:func:`spend_leftover`), which closes most of the
+   distance to the bound.
 2. **Reduction**: with the reduced costs ``r_lk = d_lk + lam c_lk - min_k
    (d_lk + lam c_lk) >= 0`` at the ``lam`` of the best bound, every
    allocation within the budget that beats ``U`` has ``sum_l r_l < U -
@@ -114,8 +116,38 @@ def lagrangian_bound(dists: Sequence[np.ndarray],
                 best_levels, best_value = levels, value
         else:
             low = middle
-    return LagrangianBound(best_levels.tolist(), best_value, best_bound,
-                           best_lam)
+    levels = spend_leftover(dist, cost, best_levels.tolist(), budget)
+    return LagrangianBound(levels, math.fsum(dist[rows, levels].tolist()),
+                           best_bound, best_lam)
+
+
+def spend_leftover(dist: np.ndarray, cost: np.ndarray, levels: List[int],
+                   budget: float) -> List[int]:
+    """Greedily move layers to levels of less distortion that the unused
+    budget pays for, the largest distortion drop first, until none fits.
+
+    Args:
+        dist: ``(layers, levels)`` distortions, ``inf`` where not allowed.
+        cost: ``(layers, levels)`` costs.
+        levels: A feasible allocation.
+        budget: Largest allowed total cost.
+
+    Returns:
+        list[int]: An allocation within ``budget`` whose distortion is no
+        larger than that of ``levels``.
+    """
+    levels = list(levels)
+    rows = np.arange(len(levels))
+    left = budget - math.fsum(cost[rows, levels].tolist())
+    while True:
+        extra = cost - cost[rows, levels][:, None]
+        gain = dist[rows, levels][:, None] - dist
+        gain[~((extra <= left) & (gain > 0))] = -np.inf
+        layer, level = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if not np.isfinite(gain[layer, level]):
+            return levels
+        levels[layer] = int(level)
+        left = budget - math.fsum(cost[rows, levels].tolist())
 
 
 def pareto_search(dists: Sequence[np.ndarray],

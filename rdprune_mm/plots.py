@@ -272,3 +272,33 @@ def plot_additivity(summary: dict, rd_point: dict, path: str) -> None:
                  f'{summary["ratio_median"]:.3f}')
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_distortion_study(report: dict, path: str) -> None:
+    """mAP loss against each distortion measure for random allocations,
+    one panel per measure, coloured by FLOPs budget.
+
+    Args:
+        report: :func:`rdprune_mm.apis.analyze_detector_distortion` output.
+        path: The PNG file to write.
+    """
+    measures = list(report['correlation'])
+    fig = Figure(figsize=(5 * len(measures), 4.5), layout='tight')
+    dense = report['dense']['map_3d']
+    allocations = report['allocations']
+    budgets = sorted({a['budget'] for a in allocations})
+    for index, name in enumerate(measures):
+        ax = fig.add_subplot(1, len(measures), index + 1)
+        for budget in budgets:
+            chosen = [a for a in allocations if a['budget'] == budget]
+            ax.scatter([a['distortion'][name] for a in chosen],
+                       [dense - a['map_3d'] for a in chosen], s=18,
+                       label=f'keep {budget:.3g} of the FLOPs')
+        if all(a['distortion'][name] > 0 for a in allocations):
+            ax.set_xscale('log')
+        ax.set_xlabel(f'{name} on the calibration frames')
+        ax.set_ylabel('mAP 3D loss (moderate AP40)')
+        ax.set_title(f'{name}: Spearman '
+                     f'{report["correlation"][name]["spearman"]:.3f}')
+        ax.legend(fontsize=8)
+    _save(fig, path)

@@ -9,6 +9,7 @@ from mmengine.registry import Registry
 PRUNERS = Registry('pruner', scope='rdprune_mm',
                    locations=['rdprune_mm.pruners'])
 DISTORTIONS = Registry('distortion', scope='rdprune_mm',
-                       locations=['rdprune_mm.distortion'])
+                       locations=['rdprune_mm.distortion',
+                                  'rdprune_mm.decoded_distortion'])
 IMPORTANCES = Registry('importance', scope='rdprune_mm',
                        locations=['rdprune_mm.pipeline.importance'])

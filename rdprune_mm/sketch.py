@@ -13,7 +13,7 @@ per sample, whatever the number of layers and levels.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,8 +62,10 @@ class GradientSketch:
             batches: Preprocessed calibration batches.
             head_outputs: Maps a batch to the head's named tensors, with
                 autograd (e.g. :class:`rdprune_mm.head_outputs.HeadOutputs`).
-            weights: ``[samples, tensors]`` weights of the squared errors,
-                tensors in sorted name order.
+            weights: Weights of the squared errors: a ``[samples,
+                tensors]`` matrix (tensors in sorted name order), or per
+                sample a ``{name: tensor}`` dict of per-element weights
+                (a distortion's ``quadratic_weights``).
             sample_reduction: How the distortion reduces over samples.
             num_projections: Random output directions per batch.
             seed: Seed of the directions (drawn on the CPU, so they are the
@@ -86,14 +88,15 @@ class GradientSketch:
                 with torch.enable_grad():
                     for index, batch in enumerate(batches):
                         outputs = head_outputs(batch)
-                        scales = weights[index].sqrt().tolist()
+                        scales = _projection_scales(weights[index],
+                                                    sorted(outputs))
                         for j in range(num_projections):
                             projection = sum(
                                 (torch.randn(outputs[n].shape,
                                              generator=generator).to(
                                                  outputs[n].device,
                                                  outputs[n].dtype) *
-                                 outputs[n]).sum() * scale
+                                 outputs[n] * scale).sum()
                                 for n, scale in zip(sorted(outputs), scales))
                             grads = torch.autograd.grad(
                                 projection,
@@ -155,3 +158,12 @@ class GradientSketch:
         if self.sample_reduction == 'max':
             return per_sample.max(0).values.numpy()
         return per_sample.sum(0).numpy()
+
+
+def _projection_scales(weights: Union[torch.Tensor, HeadTensors],
+                       names: Sequence[str]) -> list:
+    """Square roots of one sample's weights, per output in ``names``' order:
+    numbers for a row of a weight matrix, tensors for per-element weights."""
+    if isinstance(weights, dict):
+        return [weights[name].sqrt() for name in names]
+    return weights.sqrt().tolist()

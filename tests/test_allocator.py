@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rdprune_mm.allocator import Allocation, InfeasibleBudgetError, allocate
+from rdprune_mm.exact_allocator import spend_leftover
 
 
 def _allowed(costs, min_keep=None, fixed_levels=None):
@@ -269,8 +270,9 @@ def test_integer_weight_counts_exact_beyond_the_resolution():
         budget = float(int(rng.uniform(0.2, 0.8) * sizes.sum()))
         result = allocate(dists, costs, budget, resolution=100)
         assert result.cost <= budget
-        assert result.distortion == pytest.approx(
-            _pseudo_polynomial(dists, costs, budget), abs=1e-12)
+        optimum = _pseudo_polynomial(dists, costs, budget)
+        assert result.distortion == pytest.approx(optimum, abs=1e-12)
+        assert result.lower_bound <= optimum + 1e-12
 
 
 def _equal_slope(dists, costs, budget, iters=100):
@@ -304,3 +306,13 @@ def test_never_worse_than_equal_slope_on_large_instances(seed):
     result = allocate(dists, costs, budget)
     assert result.cost <= budget
     assert result.distortion <= _equal_slope(dists, costs, budget) + 1e-9
+    assert result.lower_bound <= result.distortion
+
+
+def test_unused_budget_is_spent():
+    """Equal slope picks level 1 of both layers (cost 6 of 9); the budget
+    left pays for layer 0's level 0, which a greedy step then takes."""
+    dist = np.array([[0.0, 1.0, 10.0], [0.0, 5.0, 6.0]])
+    cost = np.array([[5.0, 2.0, 0.0], [9.0, 4.0, 3.0]])
+    assert spend_leftover(dist, cost, [1, 1], 9.0) == [0, 1]
+    assert spend_leftover(dist, cost, [1, 1], 6.0) == [1, 1]

@@ -22,7 +22,7 @@ pruner = dict(
     # regular expressions over module names (re.search): a group is pruned
     # when one of its producers matches include and none matches exclude
     targets=dict(include=None, exclude=None),
-    # NormalizedMSE | MSE | WorstCaseNormalizedMSE
+    # NormalizedMSE | MSE | WorstCaseNormalizedMSE | DecodedDistortion
     distortion=dict(type='NormalizedMSE'),
     # smallest share of every group's channels to keep (one at least)
     min_keep=0.0,

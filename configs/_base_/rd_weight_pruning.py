@@ -22,7 +22,7 @@ pruner = dict(
     sketch=dict(num_projections=32, seed=0),
     # regular expressions over module names (re.search); None: all layers
     targets=dict(include=None, exclude=None),
-    # NormalizedMSE | MSE | WorstCaseNormalizedMSE
+    # NormalizedMSE | MSE | WorstCaseNormalizedMSE | DecodedDistortion
     distortion=dict(type='NormalizedMSE'),
     min_keep=0.0,
     # None: the detection head (pts_bbox_head, bbox_head or rpn+roi head)

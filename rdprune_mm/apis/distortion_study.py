@@ -1,0 +1,351 @@
+"""Which distortion measure follows detection accuracy: what
+``tools/analyze_distortion.py`` runs.
+
+Random allocations at several FLOPs budgets are applied to a trained
+detector one at a time (magnitude masks inside each layer). For each one,
+every distortion measure is computed on the calibration frames and the
+one-shot mAP is measured with the config's test evaluator (KittiMetric) on
+the val frames. The Spearman correlation between a measure and the mAP loss
+says how well the measure ranks allocations by the accuracy they cost,
+which is all the allocator needs of it.
+"""
+from __future__ import annotations
+
+import json
+import os.path as osp
+import pickle
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+from scipy.stats import spearmanr
+
+from ..errors import PruningInputError
+from ..fileio import atomic_write, write_json, write_text
+from ..finetune import prepare_runner_process
+from ..flops import flops_cost_table, measure_uses
+from ..head_outputs import HeadOutputs
+from ..masks import magnitude_order, mask_from_order, pruned_counts
+from ..plots import plot_distortion_study
+from ..progress import progress_bar
+from ..registry import DISTORTIONS, PRUNERS
+from .prepare import prepare_detector
+from .prune import config_with_name, default_work_dir
+
+#: The measures compared by default.
+DEFAULT_MEASURES = ('NormalizedMSE', 'DecodedDistortion')
+#: The allocations measured so far, saved after each one (a rerun with the
+#: same settings reuses them).
+RECORDS_FILE = 'allocations.json'
+
+
+def _check(budgets: Sequence[float], samples: int, val_frames: int) -> None:
+    if any(not 0 < b < 1 for b in budgets):
+        raise PruningInputError(
+            f'--budgets {list(budgets)}: each must be in (0, 1), the share '
+            'of FLOPs to keep')
+    if samples < 2:
+        raise PruningInputError(f'--samples {samples}: give 2 or more')
+    if val_frames is not None and val_frames < 1:
+        raise PruningInputError(f'--val-frames {val_frames}: give 1 or more')
+
+
+def overall_map(metrics: Dict[str, float], kind: str = '3D') -> float:
+    """Moderate AP40 over classes from KittiMetric's output."""
+    for key, value in metrics.items():
+        if key.endswith(f'KITTI/Overall_{kind}_AP40_moderate'):
+            return float(value)
+    raise PruningInputError(
+        'the test evaluator gave no KITTI Overall AP40 (moderate): '
+        f'{sorted(metrics)[:5]}...; analyze_distortion needs KittiMetric')
+
+
+def val_subset(cfg: Config, frames: Optional[int], work_dir: str) -> None:
+    """Point the test dataloader and evaluator at the first ``frames`` val
+    frames (a subset info file in ``work_dir``; KittiMetric needs the
+    annotation file to hold exactly the frames it sees)."""
+    if frames is None:
+        return
+    dataset = cfg.test_dataloader.dataset
+    source = osp.join(dataset.data_root, dataset.ann_file)
+    with open(source, 'rb') as f:
+        infos = pickle.load(f)
+    if frames > len(infos['data_list']):
+        raise PruningInputError(f'--val-frames {frames}: {source} has only '
+                                f'{len(infos["data_list"])} frames')
+    subset = dict(metainfo=infos['metainfo'],
+                  data_list=infos['data_list'][:frames])
+    path = osp.abspath(osp.join(work_dir, f'val_infos_{frames}.pkl'))
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
+            pickle.dump(subset, f)
+
+    atomic_write(path, write)
+    dataset.ann_file = path
+    evaluators = cfg.test_evaluator
+    for evaluator in (evaluators
+                      if isinstance(evaluators, list) else [evaluators]):
+        if 'ann_file' in evaluator:
+            evaluator.ann_file = path
+
+
+def _read_records(path: str, settings: dict) -> List[dict]:
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict) or saved.get('settings') != settings:
+        return []
+    return saved['records']
+
+
+def _write_records(path: str, settings: dict, records: List[dict]) -> None:
+    write_json(path, dict(settings=settings, records=records))
+
+
+def level_magnitudes(weight: torch.Tensor, order: torch.Tensor,
+                     counts: np.ndarray) -> np.ndarray:
+    """Per level, the largest magnitude it prunes (0 for none)."""
+    ranked = weight.detach().abs().flatten()[order].double().cpu().numpy()
+    return np.array([ranked[c - 1] if c > 0 else 0.0 for c in counts])
+
+
+def scaled_global_levels(magnitudes: Sequence[np.ndarray],
+                         tables: Sequence[np.ndarray], scales: np.ndarray,
+                         budget: float, last: int) -> List[int]:
+    """Global magnitude pruning with each layer's magnitudes times its
+    scale: the levels whose kept FLOPs come closest to ``budget`` of the
+    total from below (no layer beyond level ``last``).
+
+    Args:
+        magnitudes: Per layer, :func:`level_magnitudes`.
+        tables: Per layer, the kept FLOPs at each level.
+        scales: Per layer, a positive factor on its magnitudes.
+        budget: Share of the total FLOPs to keep.
+        last: The deepest level a layer may reach.
+    """
+    total = sum(float(t[0]) for t in tables)
+
+    def levels_at(threshold: float) -> List[int]:
+        return [
+            int(np.searchsorted(m[:last + 1] * scale, threshold, side='right'))
+            - 1 for m, scale in zip(magnitudes, scales)
+        ]
+
+    def kept(levels: List[int]) -> float:
+        return sum(float(t[level]) for t, level in zip(tables, levels))
+
+    low, high = 0.0, max(
+        float(m[last]) * s for m, s in zip(magnitudes, scales)) + 1.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if kept(levels_at(middle)) > budget * total:
+            low = middle
+        else:
+            high = middle
+    return levels_at(high)
+
+
+def random_plan(targets: Sequence, orders: Sequence[torch.Tensor],
+                counts: Sequence[np.ndarray], tables: Sequence[np.ndarray],
+                sparsities: Sequence[float], budgets: Sequence[float],
+                samples: int, seed: int) -> List[tuple]:
+    """``samples`` random allocations per budget: ``(budget, levels)``.
+
+    No distortion measure chooses them: each is global magnitude pruning
+    with every layer's magnitudes scaled by a random log-normal factor
+    (spread drawn uniformly in [0, 2], from global magnitude itself to very
+    uneven), never pruning more than 0.9 of a layer. The one-shot models
+    thus range from close to a known baseline to broken.
+    """
+    rng = np.random.default_rng(seed)
+    last = max(i for i, s in enumerate(sparsities) if s <= 0.9 + 1e-9)
+    magnitudes = [
+        level_magnitudes(t.weight, order, count)
+        for t, order, count in zip(targets, orders, counts)
+    ]
+    plan = []
+    for budget in budgets:
+        for _ in range(samples):
+            spread = rng.uniform(0.0, 2.0)
+            scales = np.exp(spread * rng.standard_normal(len(tables)))
+            plan.append((budget,
+                         scaled_global_levels(magnitudes, tables, scales,
+                                              budget, last)))
+    return plan
+
+
+def correlations(records: Sequence[dict], dense_map: float,
+                 measures: Sequence[str]) -> Dict[str, dict]:
+    """Spearman correlation of each measure with the mAP loss, over all
+    allocations and per budget."""
+    loss = np.array([dense_map - r['map_3d'] for r in records])
+    out = {}
+    for name in measures:
+        values = np.array([r['distortion'][name] for r in records])
+        per_budget = {}
+        for budget in sorted({r['budget'] for r in records}):
+            chosen = np.array([r['budget'] == budget for r in records])
+            per_budget[str(budget)] = float(
+                spearmanr(values[chosen], loss[chosen]).statistic)
+        out[name] = dict(spearman=float(spearmanr(values, loss).statistic),
+                         by_budget=per_budget)
+    return out
+
+
+def analyze_detector_distortion(config: Union[str, Config],
+                                checkpoint: str,
+                                work_dir: Optional[str] = None,
+                                device: Optional[str] = None,
+                                budgets: Sequence[float] = (0.5, 1 / 3, 0.25),
+                                samples: int = 10,
+                                measures: Sequence[str] = DEFAULT_MEASURES,
+                                val_frames: Optional[int] = None,
+                                seed: int = 0,
+                                **overrides: Any) -> dict:
+    """Distortion measures against the one-shot mAP of random allocations.
+
+    Args:
+        config: A weight-pruning config whose test dataloader and evaluator
+            are the detector's (KittiMetric): a file, ``'<package>::<path>'``
+            or a :class:`~mmengine.config.Config`.
+        checkpoint: The trained detector.
+        work_dir: Output folder; default as :func:`prune_detector`.
+        device: ``'cpu'`` or ``'cuda'``; default: CUDA when available.
+        budgets: Shares of the prunable layers' FLOPs to keep.
+        samples: Random allocations per budget.
+        measures: Registered distortion measures to compare.
+        val_frames: Evaluate on the first this many val frames (None: all).
+        seed: Seed of the allocations.
+        **overrides: Config settings to merge, as for
+            :func:`prune_detector`.
+
+    Returns:
+        dict: What ``distortion_study.json`` holds: the dense mAP, every
+        allocation, and per measure the Spearman correlation with the mAP
+        loss.
+    """
+    _check(budgets, samples, val_frames)
+    cfg, name = config_with_name(config, overrides)
+    work_dir = work_dir or default_work_dir(cfg, name)
+    logger = MMLogger.get_instance('rdprune_mm_distortion_study',
+                                   logger_name='rdprune_mm')
+    pruner = PRUNERS.build(cfg.pruner)
+    model, _, batches = prepare_detector(cfg, checkpoint, device)
+    targets = pruner.find_targets(model)
+    head = HeadOutputs(model, pruner.head_modules)
+    distortions = {m: DISTORTIONS.build(dict(type=m)) for m in measures}
+    with torch.no_grad():
+        reference = [head(batch) for batch in batches]
+    uses = measure_uses(targets, batches, head)
+    orders = [magnitude_order(t.weight) for t in targets]
+    counts = [pruned_counts(t.num_params, pruner.sparsities) for t in targets]
+    tables = [
+        flops_cost_table(uses[t.name], t.weight, order, count)
+        for t, order, count in zip(targets, orders, counts)
+    ]
+    total = sum(float(t[0]) for t in tables)
+
+    eval_cfg = cfg.copy()
+    eval_cfg.work_dir = osp.join(work_dir, 'eval')
+    eval_cfg.load_from = None
+    eval_cfg.pop('custom_hooks', None)
+    val_subset(eval_cfg, val_frames, work_dir)
+    prepare_runner_process()
+    runner = Runner.from_cfg(eval_cfg)
+    runner.model.load_state_dict(model.state_dict())
+
+    settings = dict(checkpoint=osp.abspath(checkpoint),
+                    budgets=list(budgets),
+                    samples=samples,
+                    val_frames=val_frames,
+                    seed=seed,
+                    levels=[float(s) for s in pruner.sparsities],
+                    calibration=len(batches),
+                    measures=list(measures))
+    records_path = osp.join(work_dir, RECORDS_FILE)
+    records = _read_records(records_path, settings)
+    if not records:
+        metrics = runner.test()
+        records = [
+            dict(budget=1.0,
+                 levels=[0] * len(targets),
+                 kept=1.0,
+                 distortion={m: 0.0
+                             for m in measures},
+                 map_3d=overall_map(metrics),
+                 map_bev=overall_map(metrics, 'BEV'))
+        ]
+        _write_records(records_path, settings, records)
+    dense = records[0]
+    plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
+                       budgets, samples, seed)
+    saved = [t.weight.detach().clone() for t in targets]
+    with progress_bar(len(plan)) as progress:
+        for index, (budget, levels) in enumerate(plan):
+            if index + 1 < len(records):
+                progress.update()
+                continue
+            with torch.no_grad():
+                for target, order, count, level in zip(targets, orders, counts,
+                                                       levels):
+                    mask = mask_from_order(order, target.weight.shape,
+                                           int(count[level]))
+                    target.weight.masked_fill_(~mask, 0.0)
+                outputs = [head(batch) for batch in batches]
+                values = {
+                    m: float(d(reference, outputs))
+                    for m, d in distortions.items()
+                }
+                runner.model.load_state_dict(model.state_dict())
+                for target, weight in zip(targets, saved):
+                    target.weight.copy_(weight)
+            metrics = runner.test()
+            kept = sum(float(t[level]) for t, level in zip(tables, levels))
+            records.append(
+                dict(budget=float(budget),
+                     levels=levels,
+                     kept=kept / total,
+                     distortion=values,
+                     map_3d=overall_map(metrics),
+                     map_bev=overall_map(metrics, 'BEV')))
+            _write_records(records_path, settings, records)
+            logger.info(f'allocation {index + 1}/{len(plan)}: keep '
+                        f'{kept / total:.3f} of the FLOPs, mAP 3D '
+                        f'{records[-1]["map_3d"]:.2f} (dense '
+                        f'{dense["map_3d"]:.2f}), ' +
+                        ', '.join(f'{m} {v:.4g}' for m, v in values.items()))
+            progress.update()
+    allocations = records[1:]
+    report = dict(config=name,
+                  checkpoint=checkpoint,
+                  settings=settings,
+                  dense=dict(map_3d=dense['map_3d'], map_bev=dense['map_bev']),
+                  correlation=correlations(allocations, dense['map_3d'],
+                                           measures),
+                  allocations=allocations)
+    write_json(osp.join(work_dir, 'distortion_study.json'), report)
+    write_text(osp.join(work_dir, 'distortion_study.md'), study_table(report))
+    plot_distortion_study(report, osp.join(work_dir, 'distortion_study.png'))
+    logger.info('distortion against mAP loss:\n' + study_table(report))
+    return report
+
+
+def study_table(report: dict) -> str:
+    """Markdown: Spearman correlation per measure, overall and per budget."""
+    budgets = sorted({a['budget'] for a in report['allocations']})
+    lines = [
+        '| measure | Spearman, all | ' + ' | '.join(f'keep {b:.3g}'
+                                                    for b in budgets) + ' |',
+        '|---|---:|' + '---:|' * len(budgets)
+    ]
+    for name, corr in report['correlation'].items():
+        lines.append(f'| {name} | {corr["spearman"]:.3f} | ' +
+                     ' | '.join(f'{corr["by_budget"][str(b)]:.3f}'
+                                for b in budgets) + ' |')
+    return '\n'.join(lines) + '\n'

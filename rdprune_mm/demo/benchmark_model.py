@@ -1,0 +1,145 @@
+"""The benchmark detector of the accuracy studies: the CenterPoint of
+``configs/kitti_like/centerpoint_kitti-like-3class.py`` trained on a larger
+built-in KITTI-layout dataset with several training seeds, each evaluated
+after every epoch's checkpoint (to show where val mAP levels off).
+
+Every step is the demo's (:class:`rdprune_mm.demo.Job`: data, training,
+KittiMetric), reused when done before, so an interrupted run continues.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os.path as osp
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..fileio import write_json, write_text
+from .cli import parse_args as parse_demo_args
+from .job import Job, make_logger
+from .report import environment, format_ap
+from .step_dir import file_digest
+
+#: The benchmark detector's training config.
+BENCHMARK_CONFIG = 'rdprune_mm::kitti_like/centerpoint_kitti-like-3class.py'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Arguments of ``tools/train_benchmark.py``."""
+    parser = argparse.ArgumentParser(
+        description='Train the benchmark CenterPoint on built-in '
+        'KITTI-layout data for several seeds and evaluate every epoch.')
+    parser.add_argument('--data-root', default='data/kitti_like_bench')
+    parser.add_argument('--work-dir', default='work_dirs/centerpoint_bench')
+    parser.add_argument('--config', default=BENCHMARK_CONFIG)
+    parser.add_argument('--num-train', type=int, default=400)
+    parser.add_argument('--num-val', type=int, default=400)
+    parser.add_argument('--data-seed',
+                        type=int,
+                        default=1,
+                        help='seed of the data simulation (the demo uses 0)')
+    parser.add_argument('--seeds',
+                        type=int,
+                        nargs='+',
+                        default=[0, 1, 2],
+                        help='training seeds, one model each')
+    parser.add_argument('--epochs', type=int, default=6)
+    parser.add_argument(
+        '--eval-epochs',
+        type=int,
+        nargs='*',
+        default=None,
+        help='epochs whose checkpoints are evaluated (default: the last '
+        'three)')
+    return parser.parse_args(argv)
+
+
+def seed_job(args: argparse.Namespace, seed: int, log: Any) -> Job:
+    """The demo's :class:`Job` for one training seed, keeping every
+    epoch's checkpoint."""
+    demo_args = parse_demo_args([
+        '--data-root',
+        args.data_root,
+        '--work-dir',
+        osp.join(args.work_dir, f'seed{seed}'),
+        '--num-train',
+        str(args.num_train),
+        '--num-val',
+        str(args.num_val),
+        '--seed',
+        str(args.data_seed),
+        '--train-config',
+        args.config,
+        '--epochs',
+        str(args.epochs),
+        '--train-options',
+        f'randomness.seed={seed}',
+        'default_hooks.checkpoint.max_keep_ckpts=-1',
+    ])
+    return Job(demo_args, log)
+
+
+def epoch_checkpoints(train_dir: str) -> Dict[int, str]:
+    """``{epoch: path}`` of the ``epoch_<n>.pth`` files in ``train_dir``."""
+    found = {}
+    for path in glob.glob(osp.join(train_dir, 'epoch_*.pth')):
+        match = re.fullmatch(r'epoch_(\d+)\.pth', osp.basename(path))
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Data, then per seed: training and KittiMetric of the chosen epochs;
+    ``summary.json`` and ``summary.md`` in the work dir.
+
+    Returns:
+        dict: What ``summary.json`` holds.
+    """
+    logger = make_logger(args.work_dir, 'train_benchmark')
+    log = logger.info
+    epochs = args.eval_epochs
+    if epochs is None:
+        epochs = list(range(max(1, args.epochs - 2), args.epochs + 1))
+    models: List[dict] = []
+    for seed in args.seeds:
+        job = seed_job(args, seed, log)
+        log(f'seed {seed}: data and training ({args.epochs} epochs)')
+        dense = job.dense()
+        checkpoints = epoch_checkpoints(osp.dirname(dense['checkpoint']))
+        evaluations = {}
+        for epoch in epochs:
+            if epoch not in checkpoints:
+                log(f'seed {seed}: no checkpoint of epoch {epoch}, skipped')
+                continue
+            record = job.evaluation(
+                osp.join(job.work_dir, f'eval_epoch{epoch}'),
+                f'seed {seed} epoch {epoch}', checkpoints[epoch],
+                file_digest(checkpoints[epoch]), f'eval_epoch{epoch}')
+            evaluations[epoch] = dict(ap=record['ap'],
+                                      predictions=record['predictions'])
+        models.append(
+            dict(seed=seed,
+                 checkpoint=dense['checkpoint'],
+                 train_seconds=dense['seconds'],
+                 evaluations=evaluations))
+    summary = dict(args=vars(args), models=models, environment=environment())
+    write_json(osp.join(args.work_dir, 'summary.json'), summary)
+    write_text(osp.join(args.work_dir, 'summary.md'), summary_table(models))
+    log('benchmark models:\n' + summary_table(models))
+    return summary
+
+
+def summary_table(models: List[dict]) -> str:
+    """Markdown: mAP 3D and BEV (moderate AP40) per seed and epoch."""
+    lines = [
+        '| seed | epoch | mAP 3D | mAP BEV | train s |',
+        '|---:|---:|---:|---:|---:|'
+    ]
+    for model in models:
+        for epoch, record in sorted(model['evaluations'].items()):
+            ap = record['ap']['Overall']
+            lines.append(f'| {model["seed"]} | {epoch} | '
+                         f'{format_ap(ap["3D"])} | {format_ap(ap["BEV"])} | '
+                         f'{model["train_seconds"]:.0f} |')
+    return '\n'.join(lines) + '\n'

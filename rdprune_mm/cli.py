@@ -48,6 +48,14 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         help='with --finetune: resume the latest checkpoint in the work dir '
         '(masks restored, nothing calibrated again)')
     parser.add_argument(
+        '--distill',
+        type=float,
+        metavar='WEIGHT',
+        help='with --finetune: add a distillation loss of this weight '
+        'between the pruned model\'s head outputs and the dense '
+        '--checkpoint\'s (HeadDistillationHook; the config\'s '
+        'distillation dict sets the rest)')
+    parser.add_argument(
         '--trust-checkpoint',
         action='store_true',
         help='load --checkpoint with full unpickling (weights_only=False), '
@@ -91,11 +99,16 @@ def run_prune(args: argparse.Namespace) -> Optional[dict]:
     from .apis import finetune_detector, load_config, prune_detector
     if args.resume and not args.finetune:
         raise PruningInputError('--resume needs --finetune')
+    distill = getattr(args, 'distill', None)
+    if distill is not None and not args.finetune:
+        raise PruningInputError('--distill needs --finetune')
     launcher = getattr(args, 'launcher', 'none')
     check_launcher_env(launcher)
     # loaded here so that any --cfg-options key merges, work_dir included
     cfg = load_config(
         args.config, args.cfg_options, require_pruner=not args.finetune)
+    if distill is not None:
+        cfg.merge_from_dict({'distillation.loss_weight': distill})
     dist_cfg = (cfg.get('env_cfg', None) or {}).get('dist_cfg', None) or {}
     started = init_distributed(launcher, dist_cfg.get('backend'))
     try:

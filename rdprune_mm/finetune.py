@@ -59,15 +59,37 @@ def finetune_config(cfg: Config,
                 pruner=cfg.pruner,
                 calibration=cfg.get('calibration',
                                     dict(dataloader='train_dataloader'))))
+    if checkpoint is not None and trust_checkpoint:
+        checkpoint = TRUSTED_PREFIX + checkpoint
+    hooks += distillation_hooks(cfg, hooks, checkpoint)
     cfg.custom_hooks = hooks
     cfg.work_dir = work_dir
     # mmengine resumes load_from when it is set, not the latest checkpoint
     latest = find_latest_checkpoint(work_dir) if resume else None
-    if latest is None and checkpoint is not None and trust_checkpoint:
-        checkpoint = TRUSTED_PREFIX + checkpoint
     cfg.load_from = latest or checkpoint
     cfg.resume = latest is not None
     return cfg
+
+
+def distillation_hooks(cfg: Config, hooks: list,
+                       checkpoint: Optional[str]) -> list:
+    """A ``HeadDistillationHook`` from the config's ``distillation`` dict
+    (its keyword arguments), with the dense ``checkpoint`` as the teacher;
+    none when the config has no such dict or already names the hook."""
+    distillation = cfg.get('distillation', None)
+    if not distillation or any(
+            h.get('type') == 'HeadDistillationHook' for h in hooks):
+        return []
+    settings = dict(distillation)
+    if settings.get('teacher_checkpoint') is None:
+        if checkpoint is None:
+            raise PruningInputError(
+                'distillation needs the dense detector as its teacher: give '
+                '--checkpoint, or distillation.teacher_checkpoint')
+        settings['teacher_checkpoint'] = checkpoint
+    settings.setdefault('head_modules',
+                        (cfg.get('pruner', None) or {}).get('head_modules'))
+    return [dict(type='HeadDistillationHook', **settings)]
 
 
 def launcher_config(cfg: Config, launcher: str = 'none') -> Config:

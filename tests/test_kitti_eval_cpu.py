@@ -19,6 +19,7 @@ from mmengine.logging import MMLogger
 
 import rdprune_mm  # noqa: F401  (installs the CPU fallbacks)
 from rdprune_mm.cpu_ops import kitti_eval as cpu_kitti_eval
+from rdprune_mm.demo.bootstrap import bootstrap_map
 from rdprune_mm.cpu_ops.kitti_eval import (ROTATE_IOU_MODULE,
                                            CpuRotateIouFinder,
                                            numba_cuda_available,
@@ -406,3 +407,27 @@ def test_kitti_metric_end_to_end(ann_file):
                 key = f'{kind}_{ap}_{difficulty}_strict'
                 assert perfect[key] == pytest.approx(100), key
                 assert shifted[key] < 50, key
+
+
+def test_bootstrap_map_is_kittimetric_and_spreads_over_frames(
+        ann_file, tmp_path):
+    """The bootstrap's mAP on all frames is KittiMetric's; it spreads when
+    frames differ (half perfect, half shifted) and not when all are
+    perfect."""
+    perfect, shifted = lidar_predictions(), lidar_predictions(1.0, 0.8)
+    mixed = [p if i % 2 else s
+             for i, (p, s) in enumerate(zip(perfect, shifted))]
+    expected = run_kitti_metric(ann_file, copy.deepcopy(mixed))
+    for name, predictions in (('mixed', mixed), ('perfect', perfect)):
+        with open(tmp_path / f'{name}.pkl', 'wb') as f:
+            pickle.dump(predictions, f)
+    mixed_boot = bootstrap_map(str(tmp_path / 'mixed.pkl'), ann_file,
+                               ['Car'], replicates=3)
+    assert mixed_boot['map']['3D'] == pytest.approx(
+        expected['3D_AP40_moderate_strict'], abs=1e-3)
+    assert mixed_boot['frames'] == NUM_FRAMES
+    assert mixed_boot['std']['3D'] > 0
+    perfect_boot = bootstrap_map(str(tmp_path / 'perfect.pkl'), ann_file,
+                                 ['Car'], replicates=2)
+    assert perfect_boot['map']['3D'] == pytest.approx(100)
+    assert perfect_boot['std']['3D'] == 0

@@ -17,8 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..fileio import write_json, write_text
 from .cli import parse_args as parse_demo_args
 from .job import Job, make_logger
+from .bootstrap import bootstrap_map
+from .configs import CLASSES
 from .report import environment, format_ap
-from .step_dir import file_digest
+from .step_dir import file_digest, read_json
 
 #: The benchmark detector's training config.
 BENCHMARK_CONFIG = 'rdprune_mm::kitti_like/centerpoint_kitti-like-3class.py'
@@ -44,6 +46,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         default=[0, 1, 2],
                         help='training seeds, one model each')
     parser.add_argument('--epochs', type=int, default=6)
+    parser.add_argument(
+        '--bootstrap',
+        type=int,
+        default=30,
+        help='bootstrap draws over the val frames for the spread of the '
+        'last epoch\'s mAP (0: none)')
     parser.add_argument(
         '--eval-epochs',
         type=int,
@@ -118,11 +126,22 @@ def run(args: argparse.Namespace) -> dict:
                 file_digest(checkpoints[epoch]), f'eval_epoch{epoch}')
             evaluations[epoch] = dict(ap=record['ap'],
                                       predictions=record['predictions'])
+        spread = None
+        if args.bootstrap and evaluations:
+            last = max(evaluations)
+            spread = frame_bootstrap(
+                evaluations[last]['predictions'],
+                osp.join(args.data_root, 'kitti_infos_val.pkl'),
+                args.bootstrap)
+            log(f'seed {seed} epoch {last}: mAP 3D '
+                f'{spread["map"]["3D"]:.2f}, bootstrap std over '
+                f'{spread["frames"]} val frames {spread["std"]["3D"]:.2f}')
         models.append(
             dict(seed=seed,
                  checkpoint=dense['checkpoint'],
                  train_seconds=dense['seconds'],
-                 evaluations=evaluations))
+                 evaluations=evaluations,
+                 bootstrap=spread))
     summary = dict(args=vars(args), models=models, environment=environment())
     write_json(osp.join(args.work_dir, 'summary.json'), summary)
     write_text(osp.join(args.work_dir, 'summary.md'), summary_table(models))
@@ -130,16 +149,34 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def frame_bootstrap(predictions: str, ann_file: str, replicates: int) -> dict:
+    """:func:`rdprune_mm.demo.bootstrap.bootstrap_map` of one evaluation,
+    saved beside its predictions and reused."""
+    path = osp.join(osp.dirname(predictions), f'bootstrap_{replicates}.json')
+    done = read_json(path)
+    if done is not None and done.get('predictions') == file_digest(
+            predictions):
+        return done['result']
+    result = bootstrap_map(predictions, ann_file, CLASSES, replicates)
+    write_json(path, dict(predictions=file_digest(predictions), result=result))
+    return result
+
+
 def summary_table(models: List[dict]) -> str:
-    """Markdown: mAP 3D and BEV (moderate AP40) per seed and epoch."""
+    """Markdown: mAP 3D and BEV (moderate AP40) per seed and epoch, with the
+    bootstrap spread over val frames of the last epoch."""
     lines = [
-        '| seed | epoch | mAP 3D | mAP BEV | train s |',
-        '|---:|---:|---:|---:|---:|'
+        '| seed | epoch | mAP 3D | mAP BEV | bootstrap std 3D / BEV | '
+        'train s |', '|---:|---:|---:|---:|---:|---:|'
     ]
     for model in models:
+        last = max(model['evaluations'], default=None)
+        spread = model.get('bootstrap')
         for epoch, record in sorted(model['evaluations'].items()):
             ap = record['ap']['Overall']
+            std = '-' if spread is None or epoch != last else (
+                f'{spread["std"]["3D"]:.2f} / {spread["std"]["BEV"]:.2f}')
             lines.append(f'| {model["seed"]} | {epoch} | '
                          f'{format_ap(ap["3D"])} | {format_ap(ap["BEV"])} | '
-                         f'{model["train_seconds"]:.0f} |')
+                         f'{std} | {model["train_seconds"]:.0f} |')
     return '\n'.join(lines) + '\n'

@@ -112,8 +112,8 @@ class HeadDistillationHook(Hook):
                     __setitem__(name, output)) for name in heads
             ]
             try:
-                losses = original_loss(batch_inputs, batch_data_samples,
-                                       *args, **kwargs)
+                losses = original_loss(batch_inputs, batch_data_samples, *args,
+                                       **kwargs)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -156,9 +156,10 @@ def build_teacher(student: nn.Module, path: str) -> nn.Module:
             f'({misfit}); give the dense checkpoint of this config')
     teacher = copy.deepcopy(student)
     state = checkpoint.get('state_dict', checkpoint)
-    teacher.load_state_dict(
-        {strip_module_prefix(k): v
-         for k, v in state.items()})
+    teacher.load_state_dict({
+        strip_module_prefix(k): v
+        for k, v in state.items()
+    })
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -1,0 +1,238 @@
+"""Accuracy against FLOPs on the benchmark CenterPoint, over training seeds:
+RD weight pruning against uniform, global magnitude, LAMP and ERK, one-shot
+and after the same fine-tuning.
+
+Each seed's model is ``tools/train_benchmark.py``'s (trained first when
+missing). Every (seed, method, budget) run is ``benchmarks/
+bench_baselines.py``'s: the same calibration frames, the same fine-tuning
+schedule and seed for every method, saved as it finishes, so the benchmark
+runs in parts (``--seeds``, ``--methods``, ``--budgets`` choose one) and a
+rerun skips what is done. The summary over all finished runs, mean and
+spread over seeds, goes to ``--out-dir`` (default ``docs/benchmarks``):
+``quality_weight.json``, ``.md`` and ``.png`` (mAP against FLOPs). Example::
+
+    python benchmarks/bench_quality.py --seeds 0 --methods rd lamp \
+        --budgets 0.5                       # one part, about an hour here
+    python benchmarks/bench_quality.py --summary-only
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os.path as osp
+import statistics
+import sys
+from typing import Dict, List
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+#: Shares of the FLOPs to keep: 2x, 3x, 3.89x (the paper's CenterPoint) and
+#: 6x fewer.
+BUDGETS = (1 / 2, 1 / 3, 1 / 3.89, 1 / 6)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from rdprune_mm.demo.benchmark_model import parse_args as bench_args
+    parser = argparse.ArgumentParser(
+        description='RD weight pruning against baselines on the benchmark '
+        'CenterPoint, over training seeds.')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--methods',
+                        nargs='+',
+                        default=['rd', 'uniform', 'global', 'lamp', 'erk'])
+    parser.add_argument('--budgets',
+                        type=float,
+                        nargs='+',
+                        default=list(BUDGETS))
+    parser.add_argument(
+        '--prune-config',
+        default='rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py')
+    parser.add_argument('--finetune-epochs', type=int, default=2)
+    parser.add_argument('--out-dir',
+                        default=osp.join(REPO, 'docs', 'benchmarks'))
+    parser.add_argument(
+        '--summary-only',
+        action='store_true',
+        help='write the summary of the finished runs, run nothing')
+    args, rest = parser.parse_known_args(argv)
+    # data, model and schedule: tools/train_benchmark.py's arguments
+    args.model = bench_args(rest)
+    return args
+
+
+def baseline_args(args: argparse.Namespace, seed: int,
+                  methods: List[str]) -> argparse.Namespace:
+    """``bench_baselines.py``'s arguments for one seed's model."""
+    import bench_baselines
+    model = args.model
+    argv = [
+        '--data-root',
+        model.data_root,
+        '--work-dir',
+        osp.join(model.work_dir, f'seed{seed}'),
+        '--out-dir',
+        osp.join(model.work_dir, f'seed{seed}', 'quality'),
+        '--num-train',
+        str(model.num_train),
+        '--num-val',
+        str(model.num_val),
+        '--seed',
+        str(model.data_seed),
+        '--train-config',
+        model.config,
+        '--prune-config',
+        args.prune_config,
+        '--epochs',
+        str(model.epochs),
+        '--finetune-epochs',
+        str(args.finetune_epochs),
+        '--budget-by',
+        'flops',
+        '--methods',
+        *methods,
+        '--budgets',
+        *[f'{b:.6g}' for b in args.budgets],
+        '--train-options',
+        f'randomness.seed={seed}',
+        'default_hooks.checkpoint.max_keep_ckpts=-1',
+    ]
+    return bench_baselines.parse_args(argv)
+
+
+def finished_runs(work_dir: str, seed: int) -> dict:
+    """One seed's dense mAP and every finished run of bench_baselines
+    under its model's work dir (all parts, whichever invocation ran them)."""
+    from rdprune_mm.demo.step_dir import DONE_FILE, read_json
+    seed_dir = osp.join(work_dir, f'seed{seed}')
+    dense = read_json(osp.join(seed_dir, 'eval_dense', DONE_FILE))
+    runs = []
+    for path in sorted(
+            glob.glob(osp.join(seed_dir, 'quality', 'runs', '*',
+                               'result.json'))):
+        record = read_json(path)
+        if record is not None:
+            runs.append(record['result'])
+    return dict(dense=None if dense is None else dense['result']['ap'],
+                runs=runs)
+
+
+def summarize(benches: Dict[int, dict]) -> dict:
+    """Mean and spread over seeds per (method, budget)."""
+    cells: Dict[tuple, List[dict]] = {}
+    for seed, bench in benches.items():
+        for run in bench['runs']:
+            cells.setdefault((run['method'], round(run['budget'], 6)),
+                             []).append(dict(run, seed=seed))
+    dense = [
+        b['dense']['Overall']['3D'] for b in benches.values()
+        if b['dense'] is not None
+    ]
+    rows = []
+    for (method, budget), runs in sorted(cells.items(),
+                                         key=lambda c: (-c[0][1], c[0][0])):
+        row = dict(method=method,
+                   budget=budget,
+                   seeds=[r['seed'] for r in runs])
+        for key in ('oneshot', 'finetuned'):
+            for kind in ('3D', 'BEV'):
+                values = [r[f'ap_{key}']['Overall'][kind] or 0.0 for r in runs]
+                row[f'{key}_{kind}'] = statistics.mean(values)
+                row[f'{key}_{kind}_std'] = (statistics.stdev(values)
+                                            if len(values) > 1 else None)
+        row['flops_kept'] = statistics.mean(r['flops_kept'] for r in runs)
+        rows.append(row)
+    return dict(
+        dense_3d=statistics.mean(dense) if dense else None,
+        dense_3d_std=statistics.stdev(dense) if len(dense) > 1 else None,
+        dense_seeds=sorted(s for s, b in benches.items()
+                           if b['dense'] is not None),
+        rows=rows)
+
+
+def table(summary: dict) -> str:
+
+    def cell(mean, std):
+        return f'{mean:.2f}' + ('' if std is None else f' ± {std:.2f}')
+
+    lines = [
+        'Benchmark CenterPoint, built-in KITTI-layout data; mAP (moderate, '
+        'AP40) mean ± std over the seeds listed. Dense mAP 3D: ' +
+        ('-' if summary['dense_3d'] is None else cell(
+            summary['dense_3d'], summary['dense_3d_std'])) +
+        f' (seeds {summary["dense_seeds"]}).', '',
+        '| method | FLOPs kept | seeds | mAP 3D one-shot | mAP 3D fine-tuned '
+        '| mAP BEV fine-tuned |', '|---|---:|---|---:|---:|---:|'
+    ]
+    for row in summary['rows']:
+        lines.append(
+            f'| {row["method"]} | {row["flops_kept"]:.3f} '
+            f'(1/{1 / row["budget"]:.2f}) | {row["seeds"]} | '
+            f'{cell(row["oneshot_3D"], row["oneshot_3D_std"])} | '
+            f'{cell(row["finetuned_3D"], row["finetuned_3D_std"])} | '
+            f'{cell(row["finetuned_BEV"], row["finetuned_BEV_std"])} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(summary: dict, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from rdprune_mm.fileio import atomic_write
+    fig = Figure(figsize=(7, 4.5), layout='tight')
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method in sorted({r['method'] for r in summary['rows']}):
+        rows = sorted((r for r in summary['rows'] if r['method'] == method),
+                      key=lambda r: -r['budget'])
+        ax.errorbar([1 / r['budget'] for r in rows],
+                    [r['finetuned_3D'] for r in rows],
+                    yerr=[r['finetuned_3D_std'] or 0 for r in rows],
+                    marker='o',
+                    capsize=3,
+                    label=method)
+    if summary['dense_3d'] is not None:
+        ax.axhline(summary['dense_3d'],
+                   color='k',
+                   linestyle='--',
+                   label='dense')
+    ax.set_xlabel('FLOPs reduction (x)')
+    ax.set_ylabel('mAP 3D fine-tuned (moderate, AP40)')
+    ax.legend()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110))
+
+
+def run(args: argparse.Namespace) -> dict:
+    import bench_baselines
+
+    from rdprune_mm.demo.benchmark_model import seed_job
+    from rdprune_mm.fileio import write_json, write_text
+    if not args.summary_only:
+        for seed in args.seeds:
+            # the model of tools/train_benchmark.py, trained when missing
+            seed_job(args.model, seed, print).dense()
+            bench_baselines.run(baseline_args(args, seed, args.methods))
+    benches = {
+        seed: finished_runs(args.model.work_dir, seed)
+        for seed in args.seeds
+    }
+    if not any(b['runs'] for b in benches.values()):
+        print('no finished runs to summarize')
+        return {}
+    summary = summarize(benches)
+    write_json(osp.join(args.out_dir, 'quality_weight.json'), summary)
+    write_text(osp.join(args.out_dir, 'quality_weight.md'), table(summary))
+    plot(summary, osp.join(args.out_dir, 'quality_weight.png'))
+    print(table(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from rdprune_mm.errors import run_tool
+    args = parse_args(argv)
+    return run_tool('bench_quality.py', lambda: run(args))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

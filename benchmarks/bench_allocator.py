@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import tracemalloc
 from typing import Callable, Sequence
 
 import numpy as np
@@ -132,6 +133,91 @@ def _problems(layers: int, levels: int, seed: int) -> dict:
     return problems
 
 
+def single_weight_dp(distortions: Sequence[ArrayLike],
+                     costs: Sequence[ArrayLike],
+                     budget: float) -> tuple[float, float]:
+    """The exact optimum for integer costs by a DP over every unit of the
+    budget (one weight each), as a textbook multiple-choice knapsack does
+    it: a value row of ``budget + 1`` floats and, per layer, a row of the
+    chosen levels for the backtrack.
+
+    Returns:
+        tuple[float, float]: The least distortion and its total cost.
+    """
+    capacity = int(math.floor(budget))
+    value = np.zeros(capacity + 1)
+    choices = []
+    for dist, cost in zip(distortions, costs):
+        cost = np.asarray(cost, dtype=np.int64)
+        new = np.full(capacity + 1, np.inf)
+        pick = np.zeros(capacity + 1, dtype=np.int16)
+        for level, (d, c) in enumerate(zip(dist, cost)):
+            if c > capacity:
+                continue
+            candidate = np.full(capacity + 1, np.inf)
+            candidate[c:] = value[:capacity + 1 - c] + d
+            better = candidate < new
+            new[better] = candidate[better]
+            pick[better] = level
+        choices.append(pick)
+        value = new
+    used = int(np.argmin(value))
+    best = float(value[used])
+    total = 0.0
+    for cost, pick in zip(reversed(list(costs)), reversed(choices)):
+        level = int(pick[used])
+        used -= int(cost[level])
+        total += float(cost[level])
+    return best, total
+
+
+def _peak_bytes(solve: Callable[[], object]) -> tuple[int, object]:
+    """Peak bytes that ``solve`` allocates (tracemalloc sees numpy's
+    buffers) and its result."""
+    tracemalloc.start()
+    try:
+        result = solve()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def compare_with_single_weight_dp(layers: int, levels: int,
+                                  seed: int) -> None:
+    """``allocate`` against the exact DP at the resolution of single weights
+    on integer weight counts small enough for that DP: time, peak memory
+    and distortion."""
+    rng = np.random.default_rng(seed)
+    shares = np.linspace(1.0, 0.0, levels)
+    sizes = rng.integers(100, 2_400, size=layers)
+    costs = [np.floor(shares * n) for n in sizes]
+    dists = [
+        np.cumsum(np.sort(rng.random(levels))) * rng.random()
+        for _ in range(layers)
+    ]
+    dists = [d - d[0] for d in dists]
+    budget = float(int(0.5 * sizes.sum()))
+    start = time.perf_counter()
+    ours_bytes, ours = _peak_bytes(lambda: allocate(dists, costs, budget))
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    dp_bytes, (dp_dist, dp_cost) = _peak_bytes(
+        lambda: single_weight_dp(dists, costs, budget))
+    dp_s = time.perf_counter() - start
+    print(f'\ninteger weight counts, {layers} layers x {levels} levels, '
+          f'{int(budget):,} weights to keep: allocate against the DP over '
+          'single weights')
+    print(f'{"":16s} {"seconds":>8s} {"peak MiB":>9s} {"distortion":>12s} '
+          f'{"cost/B":>7s}')
+    print(f'{"allocate":16s} {ours_s:8.3f} {ours_bytes / 2**20:9.2f} '
+          f'{ours.distortion:12.6f} {ours.cost / budget:7.4f}  (lower '
+          f'bound {ours.lower_bound:.6f})')
+    print(f'{"single-weight DP":16s} {dp_s:8.3f} {dp_bytes / 2**20:9.2f} '
+          f'{dp_dist:12.6f} {dp_cost / budget:7.4f}')
+    print(f'memory ratio {dp_bytes / max(ours_bytes, 1):.0f}x, distortion '
+          f'allocate / DP {ours.distortion / dp_dist:.6f}')
+
+
 def _median_time(solve: Callable[[], object],
                  repeats: int) -> tuple[float, object]:
     """Return the median seconds of ``repeats`` calls and the last result."""
@@ -157,6 +243,11 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
         '--iters', type=int, default=60, help='Lagrangian bisection steps')
+    parser.add_argument(
+        '--single-weight-dp',
+        action='store_true',
+        help='also compare with the exact DP over single weights on '
+        'integer weight counts of 100-2,400 per layer (slow)')
     args = parser.parse_args()
     print(f'{args.layers} layers x {args.levels} levels, DP resolution '
           f'{args.resolution}, Lagrangian {args.iters} bisection steps, '
@@ -165,7 +256,7 @@ def main() -> None:
           'Lagrangian / allocate (>= 1: allocate is better)')
     print(f'{"problem":29s} {"alloc s":>7s} {"Lag s":>7s} {"t ratio":>8s} '
           f'{"alloc d":>10s} {"Lag dist":>10s} {"d ratio":>8s} '
-          f'{"alloc c/B":>9s} {"Lag c/B":>7s}')
+          f'{"alloc c/B":>9s} {"Lag c/B":>7s} {"alloc MiB":>9s}')
     problems = _problems(args.layers, args.levels, args.seed)
     for name, (costs, dists, budget) in problems.items():
         dp_s, dp = _median_time(
@@ -175,10 +266,15 @@ def main() -> None:
         lag_s, (_, lag_dist, lag_cost) = _median_time(
             lambda: lagrangian_allocate(
                 dists, costs, budget, iters=args.iters), args.repeats)
+        peak, _ = _peak_bytes(lambda: allocate(
+            dists, costs, budget, resolution=args.resolution))
         print(f'{name:29s} {dp_s:7.4f} {lag_s:7.4f} '
               f'{_ratio(dp_s, lag_s):8.2f} {dp.distortion:10.4g} '
               f'{lag_dist:10.4g} {_ratio(lag_dist, dp.distortion):8.5f} '
-              f'{dp.cost / budget:9.4f} {lag_cost / budget:7.4f}')
+              f'{dp.cost / budget:9.4f} {lag_cost / budget:7.4f} '
+              f'{peak / 2**20:9.2f}')
+    if args.single_weight_dp:
+        compare_with_single_weight_dp(args.layers, args.levels, args.seed)
 
 
 if __name__ == '__main__':

@@ -18,9 +18,12 @@ Discretization:
     integer costs with unit ``1``, of the original problem. Where the unit is
     not ``1``, the exact reduced Pareto search of
     :mod:`rdprune_mm.exact_allocator` solves the original problem instead;
-    where that search gives up (too many partial allocations), the better of
-    the discretized optimum and the equal-slope (Lagrangian) allocation is
-    returned, so the result is never worse than either. The real total cost
+    where that search gives up (too many partial allocations), the
+    equal-slope (Lagrangian) allocation with its unused budget spent is
+    returned when the Lagrangian bound proves it within 0.1 % of the
+    optimum, else the better of it and the discretized optimum, so the
+    result is never worse than the equal-slope pick. ``Allocation.
+    lower_bound`` says how far from the optimum the result can be. The real total cost
     of the result is checked against the budget and never exceeds it.
 
 Ties:
@@ -46,6 +49,8 @@ __all__ = ['Allocation', 'InfeasibleBudgetError', 'allocate']
 _INT_ATOL = 1e-9
 _CEIL_EPS = 1e-9
 _KEEP_RTOL = 1e-9
+#: A Lagrangian pick this close to its bound (relative) is kept as it is.
+_CERTIFIED_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -309,9 +314,15 @@ def _solve_exact_or_best(dists: list[np.ndarray], costs: list[np.ndarray],
                           max_states=_state_cap(len(costs), resolution))
     if exact is not None:
         return exact, None
+    incumbent = lagrangian.levels
+    gap = lagrangian.distortion - lagrangian.bound
+    if gap <= _CERTIFIED_RTOL * abs(lagrangian.distortion):
+        # within 0.1 % of the optimum, proven: the rounded DP, whose
+        # rounding alone leaves up to 2 % of the budget unused, cannot
+        # gain more
+        return list(incumbent), lagrangian.bound
     levels = _solve(dists, costs, allowed, bases, budget - sum(bases),
                     resolution, budget, cheapest)
-    incumbent = lagrangian.levels
     if _total(dists, incumbent) < _total(dists, levels):
         return list(incumbent), lagrangian.bound
     return levels, lagrangian.bound

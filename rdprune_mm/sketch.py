@@ -17,7 +17,9 @@ from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
+from mmengine import dist
 
+from .distributed import is_distributed, run_everywhere, split_round_robin
 from .progress import progress_bar
 from .targets import PruningTarget
 
@@ -57,6 +59,10 @@ class GradientSketch:
                 seed: int = 0) -> 'GradientSketch':
         """Run ``num_projections`` backward passes per calibration batch.
 
+        Under torch.distributed each rank sketches a round-robin share of
+        the batches and the rows are all-gathered in batch order: every
+        rank ends with the sketch that one process would make.
+
         Args:
             targets: The layers whose weights get a sketch.
             batches: Preprocessed calibration batches.
@@ -77,46 +83,29 @@ class GradientSketch:
         if num_projections < 1:
             raise ValueError(
                 f'num_projections must be at least 1, got {num_projections}')
-        generator = torch.Generator().manual_seed(seed)
-        params = [t.weight for t in targets]
-        rows: Dict[str, List[torch.Tensor]] = {t.name: [] for t in targets}
-        with progress_bar(len(batches) * num_projections) as progress:
-            requires_grad = [p.requires_grad for p in params]
-            try:
-                for param in params:
-                    param.requires_grad_(True)
-                with torch.enable_grad():
-                    for index, batch in enumerate(batches):
-                        outputs = head_outputs(batch)
-                        scales = _projection_scales(weights[index],
-                                                    sorted(outputs))
-                        for j in range(num_projections):
-                            projection = sum(
-                                (torch.randn(outputs[n].shape,
-                                             generator=generator).to(
-                                                 outputs[n].device,
-                                                 outputs[n].dtype) *
-                                 outputs[n] * scale).sum()
-                                for n, scale in zip(sorted(outputs), scales))
-                            grads = torch.autograd.grad(
-                                projection,
-                                params,
-                                retain_graph=j < num_projections - 1,
-                                allow_unused=True)
-                            for target, grad in zip(targets, grads):
-                                if grad is None:
-                                    grad = torch.zeros_like(target.weight)
-                                rows[target.name].append(
-                                    grad.detach().flatten().float())
-                            progress.update()
-                        del outputs
-            finally:
-                for param, flag in zip(params, requires_grad):
-                    param.requires_grad_(flag)
+        mine = split_round_robin(range(len(batches)))
+        local = run_everywhere(lambda: _sketch_rows(
+            targets, batches, mine, head_outputs, weights, num_projections,
+            seed))
+        if is_distributed():
+            by_sample = {}
+            for part in dist.all_gather_object(
+                    {i: {n: r.cpu() for n, r in rows.items()}
+                     for i, rows in local.items()}):
+                by_sample.update(part)
+            devices = {t.name: t.weight.device for t in targets}
+            local = {
+                i: {n: r.to(devices[n]) for n, r in rows.items()}
+                for i, rows in by_sample.items()
+            }
+        order = sorted(local)
+        gradients = {
+            t.name: torch.cat([local[i][t.name] for i in order])
+            for t in targets
+        }
         row_samples = torch.arange(len(batches)).repeat_interleave(
             num_projections)
-        return cls({name: torch.stack(r) for name, r in rows.items()},
-                   row_samples, num_projections, sample_reduction)
+        return cls(gradients, row_samples, num_projections, sample_reduction)
 
     def diagonal_scores(self, name: str,
                         weight: torch.Tensor) -> torch.Tensor:
@@ -167,3 +156,57 @@ def _projection_scales(weights: Union[torch.Tensor, HeadTensors],
     if isinstance(weights, dict):
         return [weights[name].sqrt() for name in names]
     return weights.sqrt().tolist()
+
+
+def _sketch_rows(targets: Sequence[PruningTarget], batches: Sequence[dict],
+                 indices: Sequence[int],
+                 head_outputs: Callable[[dict], HeadTensors], weights,
+                 num_projections: int,
+                 seed: int) -> Dict[int, Dict[str, torch.Tensor]]:
+    """The projected gradients of the batches at ``indices``: per batch
+    index, ``[num_projections, numel]`` per target. Each batch draws its
+    directions from a generator seeded by ``(seed, index)``, so any split of
+    the batches across processes gives the same rows."""
+    params = [t.weight for t in targets]
+    out: Dict[int, Dict[str, torch.Tensor]] = {}
+    requires_grad = [p.requires_grad for p in params]
+    with progress_bar(len(indices) * num_projections) as progress:
+        try:
+            for param in params:
+                param.requires_grad_(True)
+            with torch.enable_grad():
+                for index in indices:
+                    generator = torch.Generator().manual_seed(
+                        int(np.random.SeedSequence([seed, index]).
+                            generate_state(1)[0]))
+                    outputs = head_outputs(batches[index])
+                    names = sorted(outputs)
+                    scales = _projection_scales(weights[index], names)
+                    rows: Dict[str, List[torch.Tensor]] = {
+                        t.name: []
+                        for t in targets
+                    }
+                    for j in range(num_projections):
+                        projection = sum(
+                            (torch.randn(outputs[n].shape,
+                                         generator=generator).to(
+                                             outputs[n].device,
+                                             outputs[n].dtype) * outputs[n] *
+                             scale).sum() for n, scale in zip(names, scales))
+                        grads = torch.autograd.grad(
+                            projection,
+                            params,
+                            retain_graph=j < num_projections - 1,
+                            allow_unused=True)
+                        for target, grad in zip(targets, grads):
+                            if grad is None:
+                                grad = torch.zeros_like(target.weight)
+                            rows[target.name].append(
+                                grad.detach().flatten().float())
+                        progress.update()
+                    del outputs
+                    out[index] = {n: torch.stack(r) for n, r in rows.items()}
+        finally:
+            for param, flag in zip(params, requires_grad):
+                param.requires_grad_(flag)
+    return out

@@ -12,6 +12,8 @@ MODE:
     finetune         ``tools/prune.py PRUNE ARGS`` (``--finetune``), with a
                      record of the masks and weights after every iteration
     masks-differ     rank 1 holds other masks than rank 0
+    sketch           a gradient sketch of a small model on 3 batches, with
+                     the batches this rank sketched and a digest of the rows
 
 Writes ``OUT_DIR/rank<r>.json``: the exit code and what the mode records.
 """
@@ -82,6 +84,43 @@ def masks_differ(record: dict) -> int:
     return 0
 
 
+def sketch(record: dict) -> int:
+    from torch import nn
+
+    import rdprune_mm.sketch as sketch_module
+    from rdprune_mm.distortion import NormalizedMSE
+    from rdprune_mm.distributed import close_distributed, init_distributed
+    from rdprune_mm.targets import find_targets
+    started = init_distributed('pytorch')
+    original = sketch_module._sketch_rows
+
+    def recorded(targets, batches, indices, *args):
+        record['sketched'] = list(indices)
+        return original(targets, batches, indices, *args)
+
+    sketch_module._sketch_rows = recorded
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        batches = [torch.randn(4, 6, generator=torch.Generator().manual_seed(
+            i)) for i in range(3)]
+
+        def outputs(batch):
+            return {'out': model(batch)}
+
+        with torch.no_grad():
+            reference = [outputs(b) for b in batches]
+        result = sketch_module.GradientSketch.measure(
+            find_targets(model), batches, outputs,
+            NormalizedMSE().quadratic_weights(reference), 'sum',
+            num_projections=4, seed=3)
+        record['rows'] = fingerprint(sorted(result.gradients.items()))
+        record['row_samples'] = result.row_samples.tolist()
+    finally:
+        close_distributed(started)
+    return 0
+
+
 def main() -> int:
     mode, out_dir = sys.argv[1:3]
     argv = sys.argv[4:] if len(sys.argv) > 3 and sys.argv[3] == '--' else []
@@ -100,6 +139,8 @@ def main() -> int:
         record_finetune(record)
     if mode == 'masks-differ':
         rc = masks_differ(record)
+    elif mode == 'sketch':
+        rc = sketch(record)
     else:
         rc = prune_main(argv, prog='prune.py')
     with open(osp.join(out_dir, f'rank{RANK}.json'), 'w') as f:

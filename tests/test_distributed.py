@@ -215,3 +215,15 @@ def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
     assert sum(int((~m).sum()) for m in masks.values()) == first[0]['pruned']
     for name, mask in masks.items():
         assert (saved['state_dict'][f'{name}.weight'][~mask] == 0).all()
+
+
+def test_sketch_split_across_ranks_equals_one_process(tmp_path):
+    """Each rank sketches its share of the frames; the gathered rows are
+    those of one process, in frame order."""
+    one, = run_ranks('sketch', tmp_path / 'one', world_size=1)
+    two = run_ranks('sketch', tmp_path / 'two', world_size=2)
+    assert one['sketched'] == [0, 1, 2]
+    assert [r['sketched'] for r in two] == [[0, 2], [1]]
+    assert two[0]['rows'] == two[1]['rows'] == one['rows']
+    assert two[0]['row_samples'] == one['row_samples'] == \
+        [0] * 4 + [1] * 4 + [2] * 4

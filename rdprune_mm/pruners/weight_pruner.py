@@ -201,7 +201,8 @@ class RDWeightPruner(PruningPipeline):
         if self.curve_estimator != 'empirical':
             settings['curves'] = self.curve_estimator
         if self.uses_sketch:
-            settings['sketch'] = self.sketch_cfg
+            # directions drawn per frame (any split across processes)
+            settings['sketch'] = dict(self.sketch_cfg, directions='per frame')
         return settings
 
     def _measure_sketch(self, batches: Sequence[dict],

@@ -18,7 +18,7 @@ from ..fileio import write_json, write_text
 from .cli import parse_args as parse_demo_args
 from .job import Job, make_logger
 from .bootstrap import bootstrap_map
-from .configs import CLASSES
+from .configs import load_config
 from .report import environment, format_ap
 from .step_dir import file_digest, read_json
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
             spread = frame_bootstrap(
                 evaluations[last]['predictions'],
                 osp.join(args.data_root, 'kitti_infos_val.pkl'),
-                args.bootstrap)
+                dataset_classes(args.config), args.bootstrap)
             log(f'seed {seed} epoch {last}: mAP 3D '
                 f'{spread["map"]["3D"]:.2f}, bootstrap std over '
                 f'{spread["frames"]} val frames {spread["std"]["3D"]:.2f}')
@@ -149,16 +149,26 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def frame_bootstrap(predictions: str, ann_file: str, replicates: int) -> dict:
-    """:func:`rdprune_mm.demo.bootstrap.bootstrap_map` of one evaluation,
-    saved beside its predictions and reused."""
+def dataset_classes(config: str) -> List[str]:
+    """The classes of the config's val dataset, in label order."""
+    return list(load_config(config).val_dataloader.dataset.metainfo.classes)
+
+
+def frame_bootstrap(predictions: str, ann_file: str, classes: List[str],
+                    replicates: int) -> dict:
+    """:func:`rdprune_mm.demo.bootstrap.bootstrap_map` of one evaluation
+    (``classes`` in label order), saved beside its predictions and
+    reused."""
     path = osp.join(osp.dirname(predictions), f'bootstrap_{replicates}.json')
     done = read_json(path)
-    if done is not None and done.get('predictions') == file_digest(
-            predictions):
+    if done is not None and done.get('classes') == classes and done.get(
+            'predictions') == file_digest(predictions):
         return done['result']
-    result = bootstrap_map(predictions, ann_file, CLASSES, replicates)
-    write_json(path, dict(predictions=file_digest(predictions), result=result))
+    result = bootstrap_map(predictions, ann_file, classes, replicates)
+    write_json(path,
+               dict(predictions=file_digest(predictions),
+                    classes=classes,
+                    result=result))
     return result
 
 

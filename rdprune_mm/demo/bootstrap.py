@@ -23,7 +23,7 @@ def kitti_annos(predictions: str, ann_file: str,
     Args:
         predictions: The dumped predictions (a pickle of data samples).
         ann_file: The info file the predictions were evaluated on.
-        classes: The dataset's classes.
+        classes: The dataset's classes in label order (its ``metainfo``).
 
     Returns:
         tuple: ``(gt_annos, det_annos)``, one entry per frame.
@@ -75,7 +75,7 @@ def bootstrap_map(predictions: str,
     Args:
         predictions: ``DumpResults``' file of one evaluation.
         ann_file: The info file it was evaluated on.
-        classes: The dataset's classes.
+        classes: The dataset's classes in label order (its ``metainfo``).
         replicates: Bootstrap draws.
         seed: Seed of the draws.
 

@@ -2,10 +2,11 @@
 
 Importing the package registers its pruners, distortion measures and
 ``RDPruneHook`` and changes nothing else. CPU support for mmdet3d's LiDAR
-detectors is switched on by importing :mod:`rdprune_mm.cpu`.
+detectors is switched on by importing :mod:`rdprune_mm.cpu`; the model parts
+of the benchmark detectors register by importing :mod:`rdprune_mm.models`
+(their configs list it in ``custom_imports``).
 """
-from . import (decoded_distortion, distortion, hooks, models,  # noqa: F401
-               pruners)
+from . import decoded_distortion, distortion, hooks, pruners  # noqa: F401
 from .allocator import Allocation, InfeasibleBudgetError, allocate
 from .errors import PruningInputError
 from .hooks import RDPruneHook

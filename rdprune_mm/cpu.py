@@ -10,7 +10,12 @@ tests on a machine without CUDA imports this module as well::
 ``rdprune_mm.apis.build_detector`` (for ``device='cpu'``) and
 ``rdprune_mm.finetune.train_with_runner`` (without CUDA) switch it on
 themselves.
+
+Importing it also registers :mod:`rdprune_mm.models` (the benchmark
+detectors' parts, which import mmdet3d's models): the configs that train
+those detectors here list this module, not that one.
 """
+from . import models  # noqa: F401
 from .threads import limit_numba_threads
 
 

@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
-import rdprune_mm  # noqa: F401  (registers the head)
+import rdprune_mm.models  # noqa: F401  (registers the head)
 
 CONFIG = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs',
                   'kitti_like', '_base_', 'centerpoint_kitti-like-3class.py')

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--budgets',
                         type=float,
                         nargs='+',
-                        default=[0.5, 1 / 3, 0.25],
+                        default=[0.8, 0.65, 0.5],
                         help='shares of the FLOPs to keep')
     parser.add_argument('--samples',
                         type=int,
@@ -56,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         type=int,
                         help='evaluate on the first N val frames only')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--spread', type=float, default=1.0,
+        help='largest std of the log of the random per-layer factors on '
+        'the magnitudes (0: global magnitude pruning)')
     parser.add_argument('--device', default=None)
     parser.add_argument(
         '--cfg-options',

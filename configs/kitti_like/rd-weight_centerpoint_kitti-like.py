@@ -7,6 +7,10 @@ _base_ = [
     '../_base_/rd_weight_pruning.py'
 ]
 
+# CenterHeadNoVelocity registers with rdprune_mm.models
+custom_imports = dict(
+    imports=['rdprune_mm', 'rdprune_mm.models'], allow_failed_imports=False)
+
 pruner = dict(
     budget=0.5,
     budget_by='flops',

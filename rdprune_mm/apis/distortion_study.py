@@ -21,7 +21,6 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
-from scipy.stats import spearmanr
 
 from ..errors import PruningInputError
 from ..fileio import atomic_write, write_json, write_text
@@ -151,17 +150,23 @@ def scaled_global_levels(magnitudes: Sequence[np.ndarray],
     return levels_at(high)
 
 
-def random_plan(targets: Sequence, orders: Sequence[torch.Tensor],
-                counts: Sequence[np.ndarray], tables: Sequence[np.ndarray],
-                sparsities: Sequence[float], budgets: Sequence[float],
-                samples: int, seed: int) -> List[tuple]:
+def random_plan(targets: Sequence,
+                orders: Sequence[torch.Tensor],
+                counts: Sequence[np.ndarray],
+                tables: Sequence[np.ndarray],
+                sparsities: Sequence[float],
+                budgets: Sequence[float],
+                samples: int,
+                seed: int,
+                spread: float = 1.0) -> List[tuple]:
     """``samples`` random allocations per budget: ``(budget, levels)``.
 
     No distortion measure chooses them: each is global magnitude pruning
-    with every layer's magnitudes scaled by a random log-normal factor
-    (spread drawn uniformly in [0, 2], from global magnitude itself to very
-    uneven), never pruning more than 0.9 of a layer. The one-shot models
-    thus range from close to a known baseline to broken.
+    with every layer's magnitudes scaled by a random log-normal factor (its
+    log's standard deviation drawn uniformly in [0, ``spread``], from
+    global magnitude itself to uneven), never pruning more than 0.9 of a
+    layer. The one-shot models thus range from close to a known baseline
+    to broken.
     """
     rng = np.random.default_rng(seed)
     last = max(i for i, s in enumerate(sparsities) if s <= 0.9 + 1e-9)
@@ -172,8 +177,8 @@ def random_plan(targets: Sequence, orders: Sequence[torch.Tensor],
     plan = []
     for budget in budgets:
         for _ in range(samples):
-            spread = rng.uniform(0.0, 2.0)
-            scales = np.exp(spread * rng.standard_normal(len(tables)))
+            sigma = rng.uniform(0.0, spread)
+            scales = np.exp(sigma * rng.standard_normal(len(tables)))
             plan.append((budget,
                          scaled_global_levels(magnitudes, tables, scales,
                                               budget, last)))
@@ -184,6 +189,8 @@ def correlations(records: Sequence[dict], dense_map: float,
                  measures: Sequence[str]) -> Dict[str, dict]:
     """Spearman correlation of each measure with the mAP loss, over all
     allocations and per budget."""
+    # imported here: scipy.stats adds warning filters on import
+    from scipy.stats import spearmanr
     loss = np.array([dense_map - r['map_3d'] for r in records])
     out = {}
     for name in measures:
@@ -202,11 +209,12 @@ def analyze_detector_distortion(config: Union[str, Config],
                                 checkpoint: str,
                                 work_dir: Optional[str] = None,
                                 device: Optional[str] = None,
-                                budgets: Sequence[float] = (0.5, 1 / 3, 0.25),
+                                budgets: Sequence[float] = (0.8, 0.65, 0.5),
                                 samples: int = 10,
                                 measures: Sequence[str] = DEFAULT_MEASURES,
                                 val_frames: Optional[int] = None,
                                 seed: int = 0,
+                                spread: float = 1.0,
                                 **overrides: Any) -> dict:
     """Distortion measures against the one-shot mAP of random allocations.
 
@@ -222,6 +230,8 @@ def analyze_detector_distortion(config: Union[str, Config],
         measures: Registered distortion measures to compare.
         val_frames: Evaluate on the first this many val frames (None: all).
         seed: Seed of the allocations.
+        spread: Largest standard deviation of the log of the per-layer
+            factors on the magnitudes (:func:`random_plan`).
         **overrides: Config settings to merge, as for
             :func:`prune_detector`.
 
@@ -265,6 +275,7 @@ def analyze_detector_distortion(config: Union[str, Config],
                     samples=samples,
                     val_frames=val_frames,
                     seed=seed,
+                    spread=spread,
                     levels=[float(s) for s in pruner.sparsities],
                     calibration=len(batches),
                     measures=list(measures))
@@ -284,7 +295,7 @@ def analyze_detector_distortion(config: Union[str, Config],
         _write_records(records_path, settings, records)
     dense = records[0]
     plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
-                       budgets, samples, seed)
+                       budgets, samples, seed, spread)
     saved = [t.weight.detach().clone() for t in targets]
     with progress_bar(len(plan)) as progress:
         for index, (budget, levels) in enumerate(plan):

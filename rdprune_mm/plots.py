@@ -296,6 +296,7 @@ def plot_distortion_study(report: dict, path: str) -> None:
                        label=f'keep {budget:.3g} of the FLOPs')
         if all(a['distortion'][name] > 0 for a in allocations):
             ax.set_xscale('log')
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f'{name} on the calibration frames')
         ax.set_ylabel('mAP 3D loss (moderate AP40)')
         ax.set_title(f'{name}: Spearman '

@@ -64,6 +64,8 @@ def baseline_args(args: argparse.Namespace, seed: int,
                   methods: List[str]) -> argparse.Namespace:
     """``bench_baselines.py``'s arguments for one seed's model."""
     import bench_baselines
+
+    from rdprune_mm.demo.benchmark_model import seed_train_options
     model = args.model
     argv = [
         '--data-root',
@@ -93,8 +95,7 @@ def baseline_args(args: argparse.Namespace, seed: int,
         '--budgets',
         *[f'{b:.6g}' for b in args.budgets],
         '--train-options',
-        f'randomness.seed={seed}',
-        'default_hooks.checkpoint.max_keep_ckpts=-1',
+        *seed_train_options(seed),
     ]
     return bench_baselines.parse_args(argv)
 

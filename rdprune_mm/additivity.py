@@ -8,13 +8,15 @@ distortion of the whole model with the sum of the layers' curves.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from .masks import magnitude_order, mask_from_order
 from .targets import PruningTarget
+
+T = TypeVar('T')
 
 
 @dataclass
@@ -71,9 +73,10 @@ def random_levels(costs: Sequence[np.ndarray],
 @torch.no_grad()
 def measure_allocation(targets: Sequence[PruningTarget],
                        counts: Sequence[np.ndarray], levels: Sequence[int],
-                       measure: Callable[[], float]) -> float:
-    """Joint distortion of pruning every target at its level by magnitude;
-    the weights are restored afterwards."""
+                       measure: Callable[[], T]) -> T:
+    """What ``measure`` gives (the joint distortion, say) with every target
+    pruned at its level by magnitude; the weights are restored
+    afterwards."""
     saved = [t.weight.detach().clone() for t in targets]
     try:
         for target, count, level in zip(targets, counts, levels):

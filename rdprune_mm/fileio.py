@@ -6,7 +6,7 @@ import json
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -32,6 +32,17 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def read_json(path: str) -> Optional[dict]:
+    """A JSON object from a file, or ``None`` when the file is missing,
+    unreadable or holds something other than an object."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: str, data: Any) -> None:

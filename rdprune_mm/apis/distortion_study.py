@@ -11,7 +11,6 @@ which is all the allocator needs of it.
 """
 from __future__ import annotations
 
-import json
 import os.path as osp
 import pickle
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -22,12 +21,13 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
+from ..additivity import measure_allocation
 from ..errors import PruningInputError
-from ..fileio import atomic_write, write_json, write_text
+from ..fileio import atomic_write, read_json, write_json, write_text
 from ..finetune import prepare_runner_process
 from ..flops import flops_cost_table, measure_uses
 from ..head_outputs import HeadOutputs
-from ..masks import magnitude_order, mask_from_order, pruned_counts
+from ..masks import magnitude_order, pruned_counts
 from ..plots import plot_distortion_study
 from ..progress import progress_bar
 from ..registry import DISTORTIONS, PRUNERS
@@ -93,12 +93,8 @@ def val_subset(cfg: Config, frames: Optional[int], work_dir: str) -> None:
 
 
 def _read_records(path: str, settings: dict) -> List[dict]:
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return []
-    if not isinstance(saved, dict) or saved.get('settings') != settings:
+    saved = read_json(path)
+    if saved is None or saved.get('settings') != settings:
         return []
     return saved['records']
 
@@ -296,26 +292,23 @@ def analyze_detector_distortion(config: Union[str, Config],
     dense = records[0]
     plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
                        budgets, samples, seed, spread)
-    saved = [t.weight.detach().clone() for t in targets]
+
+    def measure() -> Dict[str, float]:
+        """Every measure of the model as masked now; the runner's model
+        takes its weights for the evaluation."""
+        outputs = [head(batch) for batch in batches]
+        runner.model.load_state_dict(model.state_dict())
+        return {
+            m: float(d(reference, outputs))
+            for m, d in distortions.items()
+        }
+
     with progress_bar(len(plan)) as progress:
         for index, (budget, levels) in enumerate(plan):
             if index + 1 < len(records):
                 progress.update()
                 continue
-            with torch.no_grad():
-                for target, order, count, level in zip(targets, orders, counts,
-                                                       levels):
-                    mask = mask_from_order(order, target.weight.shape,
-                                           int(count[level]))
-                    target.weight.masked_fill_(~mask, 0.0)
-                outputs = [head(batch) for batch in batches]
-                values = {
-                    m: float(d(reference, outputs))
-                    for m, d in distortions.items()
-                }
-                runner.model.load_state_dict(model.state_dict())
-                for target, weight in zip(targets, saved):
-                    target.weight.copy_(weight)
+            values = measure_allocation(targets, counts, levels, measure)
             metrics = runner.test()
             kept = sum(float(t[level]) for t, level in zip(tables, levels))
             records.append(

@@ -81,10 +81,18 @@ def seed_job(args: argparse.Namespace, seed: int, log: Any) -> Job:
         '--epochs',
         str(args.epochs),
         '--train-options',
-        f'randomness.seed={seed}',
-        'default_hooks.checkpoint.max_keep_ckpts=-1',
+        *seed_train_options(seed),
     ])
     return Job(demo_args, log)
+
+
+def seed_train_options(seed: int) -> List[str]:
+    """The training options of one seed's model (``key=value``): its seed,
+    and every epoch's checkpoint kept. Whoever trains or reuses that model
+    passes these, so that the model's settings match."""
+    return [
+        f'randomness.seed={seed}', 'default_hooks.checkpoint.max_keep_ckpts=-1'
+    ]
 
 
 def epoch_checkpoints(train_dir: str) -> Dict[int, str]:
@@ -165,10 +173,11 @@ def frame_bootstrap(predictions: str, ann_file: str, classes: List[str],
             'predictions') == file_digest(predictions):
         return done['result']
     result = bootstrap_map(predictions, ann_file, classes, replicates)
-    write_json(path,
-               dict(predictions=file_digest(predictions),
-                    classes=classes,
-                    result=result))
+    write_json(
+        path,
+        dict(predictions=file_digest(predictions),
+             classes=classes,
+             result=result))
     return result
 
 

@@ -9,23 +9,12 @@ import shutil
 from typing import Optional
 
 from ..errors import PruningInputError
-from ..fileio import write_json
+from ..fileio import read_json, write_json  # noqa: F401 (re-exported)
 
 #: The settings a step folder was made with (marks folders the demo owns).
 SETTINGS_FILE = 'demo_settings.json'
 #: A finished step's settings and result.
 DONE_FILE = 'demo_done.json'
-
-
-def read_json(path: str) -> Optional[dict]:
-    """A JSON object from a file, or ``None`` when the file is missing,
-    unreadable or holds something other than an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def file_digest(path: str) -> str:

@@ -50,21 +50,27 @@ def record_finetune(record: dict) -> None:
     """After every iteration: pruned weights zero, digests of the masks and
     of the weights."""
     from rdprune_mm.hooks import RDPruneHook
-    from rdprune_mm.hooks.rd_prune_hook import _unwrap
+    from rdprune_mm.hooks.slimming import unwrap
     original = RDPruneHook.after_train_iter
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         original(self, runner, batch_idx, data_batch, outputs)
-        modules = dict(_unwrap(runner.model).named_modules())
+        modules = dict(unwrap(runner.model).named_modules())
         zeros = all(bool((modules[n].weight[~m] == 0).all())
                     for n, m in self.masks.items())
         record.setdefault('iters', []).append(
-            dict(iter=runner.iter, zeros_held=zeros,
+            dict(iter=runner.iter,
+                 zeros_held=zeros,
                  pruned=sum(int((~m).sum()) for m in self.masks.values()),
                  masks=fingerprint(sorted(self.masks.items())),
+                 params=sum(p.numel() for p in runner.model.parameters()),
+                 wrapper=type(runner.model).__name__,
                  weights=fingerprint(
-                     _unwrap(runner.model).state_dict().items())))
+                     unwrap(runner.model).state_dict().items()),
+                 parameters=fingerprint(
+                     (n, p.detach())
+                     for n, p in unwrap(runner.model).named_parameters())))
 
     RDPruneHook.after_train_iter = after_train_iter
 

@@ -69,7 +69,7 @@ def test_teacher_is_frozen_and_equal_models_give_zero(tmp_path,
     runner.load_or_resume()
     hook = next(h for h in runner.hooks
                 if isinstance(h, HeadDistillationHook))
-    hook.before_train(runner)
+    hook.before_run(runner)
     model = runner.model
     batch = model.data_preprocessor(
         next(iter(runner.train_dataloader)), True)

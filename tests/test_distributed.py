@@ -20,6 +20,8 @@ prune_tool = load_tool('prune')
 WORKER = osp.join(REPO, 'tests', 'dist_worker.py')
 HOOK_CONFIG = osp.join(REPO, 'tests', 'configs',
                        'finetune_pointpillars_one_frame.py')
+CHANNEL_HOOK_CONFIG = osp.join(REPO, 'tests', 'configs',
+                               'finetune_channel_pointpillars_one_frame.py')
 # the first sparse conv and one task head (11 layers), 2 levels: 22 passes
 OPTIONS = ['--cfg-options', 'pruner.budget=0.5', 'pruner.num_levels=3',
            'pruner.targets.include=[pts_middle_encoder.conv_input,'
@@ -215,6 +217,30 @@ def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
     assert sum(int((~m).sum()) for m in masks.values()) == first[0]['pruned']
     for name, mask in masks.items():
         assert (saved['state_dict'][f'{name}.weight'][~mask] == 0).all()
+
+
+def test_hook_slims_the_ddp_model_and_ddp_syncs_the_slim_weights(tmp_path):
+    """Channel pruning under DDP: the slimmed module is wrapped again, so
+    the ranks, whose augmentations differ (diff_rank_seed), still hold the
+    same slim weights after every step."""
+    work_dir = str(tmp_path / 'work')
+    ranks = run_ranks('finetune', tmp_path / 'records', [
+        CHANNEL_HOOK_CONFIG, '--finetune', '--work-dir', work_dir,
+        '--launcher', 'pytorch', '--cfg-options', 'train_cfg.max_iters=2',
+        'randomness.diff_rank_seed=True'
+    ])
+    assert [r['rc'] for r in ranks] == [0, 0]
+    first, second = (r['iters'] for r in ranks)
+    assert [i['iter'] for i in first] == [i['iter'] for i in second] == [0, 1]
+    from rdprune_mm.apis import read_checkpoint
+    saved = read_checkpoint(osp.join(work_dir, 'iter_2.pth'))['state_dict']
+    slim_params = sum(v.numel() for k, v in saved.items()
+                      if 'running' not in k and 'num_batches' not in k)
+    for a, b in zip(first, second):
+        assert a['wrapper'] == b['wrapper'] == 'MMDistributedDataParallel'
+        assert a['params'] == b['params'] == slim_params
+        # (BatchNorm statistics follow each rank's own frames)
+        assert a['parameters'] == b['parameters']
 
 
 def test_sketch_split_across_ranks_equals_one_process(tmp_path):

@@ -1,7 +1,8 @@
 """Exporting a channel-pruned detector: a physically smaller model that
 mmdet3d's (or mmdet's) own tools build from a config.
 
-* :func:`slim_copy` slims a copy of a masked model to its kept channels;
+* :func:`slim_copy` slims a copy of a masked model to its kept channels,
+  :func:`slim_in_place` the model itself;
 * :func:`slim_config` wraps a config's model in ``type='SlimDetector'``;
 * :func:`write_slim_outputs` writes ``slim.pth``, ``structure.json`` and
   ``slim_config.py`` into a work dir;
@@ -40,6 +41,8 @@ from .slim import apply_structure, slim_model
 SLIM_OUTPUTS = ('slim.pth', 'structure.json', 'slim_config.py')
 #: How ``slim_config.py`` names the structure file next to it.
 STRUCTURE_IN_CONFIG = '{{ fileDirname }}/structure.json'
+#: Hooks that :func:`slim_config` leaves out of ``custom_hooks``.
+PRUNING_HOOKS = ('RDPruneHook', 'HeadDistillationHook')
 
 
 def _read_structure(structure: Union[str, dict]) -> dict:
@@ -110,16 +113,37 @@ def slim_copy(model: nn.Module,
         ``exclude`` added so that ``SlimDetector`` can rebuild it).
     """
     slim = copy.deepcopy(model)
+    return slim, slim_in_place(slim, keeps, exclude)
+
+
+def slim_in_place(model: nn.Module,
+                  keeps: Dict[str, torch.Tensor],
+                  exclude: Optional[Iterable[str]] = None) -> dict:
+    """Slim a (masked or unpruned) model to its kept channels, in place.
+
+    Its parameters are replaced: an optimizer that holds the old ones must
+    be given the new ones.
+
+    Args:
+        model: The model.
+        keeps: bool keep-mask per channel group name.
+        exclude: The ``exclude`` patterns the groups were found with.
+
+    Returns:
+        dict: The structure (JSON-able, with ``exclude`` added so that
+        ``SlimDetector`` can rebuild it).
+    """
     exclude = list(exclude or [])
-    groups = trace_channel_groups(slim, exclude)
-    structure = slim_model(slim, groups, keeps)
+    groups = trace_channel_groups(model, exclude)
+    structure = slim_model(model, groups, keeps)
     structure['exclude'] = exclude
-    return slim, structure
+    return structure
 
 
 def slim_config(cfg: Config, structure: str = STRUCTURE_IN_CONFIG,
                 exclude: Optional[Sequence[str]] = None) -> Config:
-    """A copy of ``cfg`` whose model is wrapped in ``SlimDetector``.
+    """A copy of ``cfg`` whose model is wrapped in ``SlimDetector``,
+    without the pruning hooks (:data:`PRUNING_HOOKS`) and ``load_from``.
 
     Args:
         cfg: The config the model was built from.
@@ -141,6 +165,14 @@ def slim_config(cfg: Config, structure: str = STRUCTURE_IN_CONFIG,
     if exclude is not None:
         slim['exclude'] = list(exclude)
     wrapped.model = slim
+    # the slim model is pruned already, and a dense checkpoint misfits it
+    hooks = wrapped.get('custom_hooks', None) or []
+    wrapped.custom_hooks = [
+        hook for hook in hooks
+        if str(hook.get('type', '')).split('.')[-1] not in PRUNING_HOOKS
+    ]
+    wrapped.load_from = None
+    wrapped.resume = False
     custom = wrapped.get('custom_imports', {}) or {}
     imports = list(custom.get('imports', []))
     if 'rdprune_mm' not in imports:

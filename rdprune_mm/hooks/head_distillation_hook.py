@@ -83,7 +83,9 @@ class HeadDistillationHook(Hook):
         self.teacher: Optional[nn.Module] = None
         self._student: Optional[nn.Module] = None
 
-    def before_train(self, runner) -> None:
+    def before_run(self, runner) -> None:
+        # before RDPruneHook may slim the student (before_train, or while
+        # a slim checkpoint loads): the teacher is the dense model
         student = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
         path = self.teacher_checkpoint or runner.cfg.get('load_from')

@@ -8,29 +8,27 @@ import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from mmengine.dist import is_main_process
 from mmengine.hooks import EMAHook, Hook
 from mmengine.logging import MMLogger
-from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import nn
 
 from ..calibration import calibration_batches
+from ..channels.export import slim_config
 from ..checkpoint import checkpoint_misfit
 from ..distributed import (broadcast_module_state, check_same_everywhere,
                            run_everywhere)
 from ..errors import PruningInputError
-from ..fileio import fingerprint
+from ..fileio import atomic_write, fingerprint, write_json
 from ..masks import apply_masks
 from ..pipeline import check_budget
 from ..registry import PRUNERS
+from .slimming import slim_runner_model, unwrap
 
 #: Key of the pruning state in every checkpoint the runner saves.
 CHECKPOINT_KEY = 'rdprune_mm'
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
 
 
 def _apply(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
@@ -63,6 +61,15 @@ class RDPruneHook(Hook):
     weight. The masks and the rounds done are saved in every checkpoint:
     ``resume=True`` and ``load_from`` restore them instead of pruning again.
 
+    A channel pruner (:class:`~rdprune_mm.pruners.RDChannelPruner` or a
+    channel baseline) slims the model instead, in ``before_train``: its
+    pruned channels are removed, the optimizer, the EMA copy and the DDP
+    wrapper get the new parameters, and the work dir gets
+    ``structure.json`` and ``slim_config.py`` (``type='SlimDetector'``).
+    Every checkpoint is then slim and holds its structure, so mmdet3d's
+    test tool reloads it through ``slim_config.py``, and ``resume`` or
+    ``load_from`` slim the model to it before its weights load.
+
     Under DDP (a launcher) every rank calibrates on the same frames with
     rank 0's weights and BatchNorm statistics, the curves are split across
     the ranks and rank 0 allocates (:class:`PruningPipeline`); the masks'
@@ -77,7 +84,8 @@ class RDPruneHook(Hook):
         rounds: ``[dict(at=0, budget=0.7), dict(at=500, budget=0.49)]``: the
             iterations (or epochs, with ``by_epoch``) after which each round
             prunes, and the share of weights it keeps. A later round only
-            adds pruning. ``at=0`` prunes in ``before_train``.
+            adds pruning. ``at=0`` prunes in ``before_train``; a channel
+            pruner takes that one round only.
         by_epoch: Whether ``at`` counts epochs instead of iterations.
         curve_dir: Folder of the curve cache, inside the work dir.
         strict_load: Refuse a ``load_from`` or resumed checkpoint that does
@@ -104,10 +112,18 @@ class RDPruneHook(Hook):
         self.rounds = sorted((dict(r) for r in rounds),
                              key=lambda r: r['at'])
         self._check_rounds()
+        self.slims_channels = _slims_channels(self.pruner_cfg)
+        if self.slims_channels and [r['at'] for r in self.rounds] != [0]:
+            raise PruningInputError(
+                f'RDPruneHook rounds at {[r["at"] for r in self.rounds]} with '
+                f'the channel pruner {self.pruner_cfg["type"]}: channel '
+                'pruning slims the model before training, in one round; give '
+                'rounds=None (or one round at=0) and the budget in pruner')
         self.by_epoch = by_epoch
         self.curve_dir = curve_dir
         self.strict_load = strict_load
         self.masks: Dict[str, torch.Tensor] = {}
+        self.structure: Optional[dict] = None
         self.history: List[dict] = []
         self._restored: Optional[dict] = None
         self._step_handles: list = []
@@ -136,31 +152,40 @@ class RDPruneHook(Hook):
         checkpoint[CHECKPOINT_KEY] = dict(
             masks={k: v.cpu() for k, v in self.masks.items()},
             history=copy.deepcopy(self.history))
+        if self.structure is not None:
+            checkpoint[CHECKPOINT_KEY]['channel_structure'] = copy.deepcopy(
+                self.structure)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY) or {}
+        if state.get('channel_structure'):
+            # before mmengine loads the slim weights into the model
+            self.structure = slim_runner_model(
+                runner, structure=state['channel_structure'])
         if self.strict_load:
             misfit = checkpoint_misfit(
-                _unwrap(runner.model).state_dict(), checkpoint)
+                unwrap(runner.model).state_dict(), checkpoint)
             if misfit:
                 raise PruningInputError(
                     'the checkpoint to load does not fit the model of the '
                     f'config ({misfit}); give a checkpoint trained with this '
                     'config, or RDPruneHook(strict_load=False) to load what '
                     'fits')
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state and state.get('masks'):
+        if state.get('masks') or state.get('channel_structure'):
             self._restored = state
 
     # training ----------------------------------------------------------
     def before_train(self, runner) -> None:
         if self._restored is not None:
-            self.masks = dict(self._restored['masks'])
+            self.masks = dict(self._restored.get('masks') or {})
             self.history = list(self._restored.get('history', []))
             self._restored = None
             check_masks_everywhere(self.masks)
             self._apply_everywhere(runner)
+            what = ('channel structure'
+                    if self.structure is not None else 'masks')
             runner.logger.info(
-                f'RDPruneHook: restored the masks of {self.rounds_done} '
+                f'RDPruneHook: restored the {what} of {self.rounds_done} '
                 f'round(s) from the checkpoint; not pruning them again')
         self._register_step_hooks(runner)
         done = runner.epoch if self.by_epoch else runner.iter
@@ -194,20 +219,20 @@ class RDPruneHook(Hook):
                     if isinstance(wrapper, OptimWrapperDict) else [wrapper])
 
         def remask(optimizer, args, kwargs) -> None:
-            _apply(_unwrap(runner.model), self.masks)
+            _apply(unwrap(runner.model), self.masks)
 
         self._step_handles = [
             w.optimizer.register_step_post_hook(remask) for w in wrappers
         ]
 
     def _apply_everywhere(self, runner) -> None:
-        _apply(_unwrap(runner.model), self.masks)
+        _apply(unwrap(runner.model), self.masks)
         for hook in runner.hooks:
             if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
                 _apply(hook.ema_model.module, self.masks)
 
     def _prune_round(self, runner, round_cfg: dict) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         training = model.training
         model.eval()
         pruner = PRUNERS.build({**self.pruner_cfg,
@@ -221,9 +246,15 @@ class RDPruneHook(Hook):
             batches,
             cache_dir=osp.join(runner.work_dir, self.curve_dir),
             keep_within=self.masks or None)
-        self.masks = result.masks
-        check_masks_everywhere(self.masks)
-        self._apply_everywhere(runner)
+        if self.slims_channels:
+            check_masks_everywhere(result.keeps)
+            self.structure = slim_runner_model(runner, result.keeps,
+                                               result.exclude)
+            self._write_slim_files(runner)
+        else:
+            self.masks = result.masks
+            check_masks_everywhere(self.masks)
+            self._apply_everywhere(runner)
         model.zero_grad(set_to_none=True)
         model.train(training)
         record = dict(
@@ -237,6 +268,20 @@ class RDPruneHook(Hook):
             sparsity_by_group=_sparsity_by_group(result.layers))
         self.history.append(record)
         self._log(runner, record)
+
+    def _write_slim_files(self, runner) -> None:
+        """``structure.json`` and ``slim_config.py`` in the work dir, for
+        mmdet3d's tools and ``SlimDetector`` to rebuild the slim model."""
+        if not is_main_process():
+            return
+        write_json(osp.join(runner.work_dir, 'structure.json'), self.structure)
+        atomic_write(osp.join(runner.work_dir, 'slim_config.py'),
+                     slim_config(runner.cfg).dump)
+        runner.logger.info(
+            f'RDPruneHook: slimmed the model to '
+            f'{sum(p.numel() for p in runner.model.parameters()):,} '
+            f'weights; checkpoints reload through '
+            f'{osp.join(runner.work_dir, "slim_config.py")}')
 
     @staticmethod
     def _log(runner, record: dict) -> None:
@@ -262,6 +307,19 @@ class RDPruneHook(Hook):
             f'{record["predicted_distortion"]:.4g}, measured '
             f'{record["measured_distortion"]:.4g}; sparsity by group: '
             f'{groups}')
+
+
+def _slims_channels(pruner_cfg: dict) -> bool:
+    """Whether the pruner prunes channels (keep-masks of channel groups)
+    rather than weights."""
+    pruner_type = pruner_cfg['type']
+    pruner_class = (pruner_type if isinstance(pruner_type, type) else
+                    PRUNERS.get(pruner_type))
+    if pruner_class is None:
+        raise PruningInputError(
+            f'RDPruneHook pruner type {pruner_type!r} is not registered; '
+            'use RDWeightPruner, RDChannelPruner or another PRUNERS entry')
+    return not getattr(pruner_class, 'masks_weights', True)
 
 
 def _sparsity_by_group(layers) -> Dict[str, float]:

@@ -229,13 +229,18 @@ def _check_resolution(resolution: int) -> int:
 def _allowed_levels(
         costs: list[np.ndarray], min_keep: float | Sequence[float] | None,
         fixed_levels: Mapping[int, int] | None) -> list[np.ndarray]:
-    """Return, per layer, the sorted indices of the allowed levels."""
+    """Return, per layer, the sorted indices of the allowed levels; layers
+    of the same size with every level allowed share one index array."""
     num_layers = len(costs)
     keeps = _check_min_keep(min_keep, num_layers)
+    every_level: dict[int, np.ndarray] = {}
     allowed = []
     for c, keep in zip(costs, keeps):
         threshold = keep * float(c.max()) * (1 - _KEEP_RTOL)
-        allowed.append(np.flatnonzero(c >= threshold))
+        levels = np.flatnonzero(c >= threshold)
+        if levels.size == c.size:
+            levels = every_level.setdefault(c.size, levels)
+        allowed.append(levels)
     for layer, level in (fixed_levels or {}).items():
         try:
             layer, level = operator.index(layer), operator.index(level)
@@ -330,8 +335,8 @@ def _solve_exact_or_best(dists: list[np.ndarray], costs: list[np.ndarray],
 
 def _state_cap(num_layers: int, resolution: int) -> int:
     """Partial allocations the Pareto search may form before it gives up:
-    its arrays (five per state) then hold no more than the discretized DP's
-    tables (``num_layers`` tables of ``resolution + 1`` floats), and giving
+    a fifth of the entries of the discretized DP's tables (``num_layers``
+    tables of ``resolution + 1`` floats), at least 100,000, so that giving
     up costs about as much as the DP."""
     return max(100_000, num_layers * (resolution + 1) // 5)
 

@@ -316,3 +316,20 @@ def test_unused_budget_is_spent():
     cost = np.array([[5.0, 2.0, 0.0], [9.0, 4.0, 3.0]])
     assert spend_leftover(dist, cost, [1, 1], 9.0) == [0, 1]
     assert spend_leftover(dist, cost, [1, 1], 6.0) == [1, 1]
+
+
+def test_spend_leftover_on_integer_costs_and_across_row_blocks():
+    """Whole-number costs held as unsigned integers give the same moves as
+    floats (a cheaper level does not wrap around), and among equal drops
+    the first layer moves, also where the layers span several blocks of
+    rows."""
+    dist = np.array([[0.0, 2.0, 1.0]] * 3)
+    cost = np.array([[7.0, 3.0, 0.0]] * 3)
+    assert spend_leftover(dist, cost, [1, 1, 1], 9.0) == [2, 2, 0]
+    assert spend_leftover(dist, cost.astype(np.uint8), [1, 1, 1],
+                          9.0) == [2, 2, 0]
+    layers = 5_000
+    dist = np.array([[0.0, 3.0]] * layers)
+    cost = np.array([[7.0, 0.0]] * layers)
+    assert spend_leftover(dist, cost, [1] * layers,
+                          7.0) == [0] + [1] * (layers - 1)

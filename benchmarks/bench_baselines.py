@@ -1,6 +1,11 @@
 """RD pruning against uniform, global magnitude, LAMP and ERK allocation on
 the demo's trained detector, at equal budgets, one-shot and after the same
-fine-tuning.
+fine-tuning; or, with the channel methods (``--methods rd-channel
+uniform-channel l1-channel bn-channel taylor-channel``), RD channel pruning
+against uniform, global L1 filter norm, BatchNorm scale (Network Slimming)
+and first-order Taylor (Fisher) channel importance, with the same slimming
+code, fine-tuning of the slim model and its CPU latency against the dense
+model's in the same process.
 
 Every method goes through the same path: ``tools/prune.py`` (masks, budget
 in FLOPs or parameters, measured head-output distortion, ``allocation.json``)
@@ -35,9 +40,29 @@ from typing import Any, Dict, List
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = ('rd', 'uniform', 'global', 'lamp', 'erk')
+#: Channel pruning: RD, and the baselines' (allocation, ranking).
+CHANNEL_METHODS = ('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
+                   'taylor-channel')
+CHANNEL_BASELINES = {
+    'uniform-channel': ('uniform', 'l2'),
+    'l1-channel': ('global', 'l1'),
+    'bn-channel': ('global', 'bn'),
+    'taylor-channel': ('global', 'fisher'),
+}
+#: The demo's channel pruning config (the default of channel methods).
+CHANNEL_PRUNE_CONFIG = \
+    'rdprune_mm::kitti_like/rd-channel_second_tiny_kitti-like.py'
 LABELS = {
-    'rd': 'RD', 'uniform': 'uniform', 'global': 'global magnitude',
-    'lamp': 'LAMP', 'erk': 'ERK'
+    'rd': 'RD',
+    'uniform': 'uniform',
+    'global': 'global magnitude',
+    'lamp': 'LAMP',
+    'erk': 'ERK',
+    'rd-channel': 'RD channels',
+    'uniform-channel': 'uniform channels (L2)',
+    'l1-channel': 'global L1 filter norm',
+    'bn-channel': 'BatchNorm scale',
+    'taylor-channel': 'Taylor (Fisher)'
 }
 DEFAULT_BUDGETS = (0.5, 0.25, 0.125)  # 2x, 4x, 8x fewer
 QUICK_BUDGETS = (0.25, )
@@ -45,6 +70,15 @@ QUICK_BUDGETS = (0.25, )
 
 def label(method: str) -> str:
     return LABELS.get(method, method)
+
+
+def is_channel(method: str) -> bool:
+    """Whether the method prunes channels (a slim model) or weights."""
+    return method in CHANNEL_METHODS
+
+
+def method_order(method: str) -> int:
+    return (METHODS + CHANNEL_METHODS).index(method)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--seed', type=int, default=0, help='seed of the data simulation')
     parser.add_argument('--train-config', default=TRAIN_CONFIG)
-    parser.add_argument('--prune-config', default=PRUNE_CONFIG)
+    parser.add_argument(
+        '--prune-config',
+        help='the RD pruning config every method switches the pruner of '
+        f'(default: {PRUNE_CONFIG}, or {CHANNEL_PRUNE_CONFIG} for the '
+        'channel methods)')
     parser.add_argument('--epochs', type=int, help='dense training epochs')
     parser.add_argument(
         '--finetune-epochs',
@@ -73,7 +111,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1,
         help='fine-tuning epochs of every run (same schedule and seed)')
     parser.add_argument(
-        '--methods', nargs='+', choices=METHODS, default=list(METHODS))
+        '--methods',
+        nargs='+',
+        choices=METHODS + CHANNEL_METHODS,
+        default=list(METHODS),
+        help='weight methods, or channel methods (not both in one run)')
+    parser.add_argument(
+        '--latency-frames',
+        type=int,
+        default=5,
+        help='val frames the dense and every slim model are timed on')
     parser.add_argument(
         '--budgets',
         nargs='+',
@@ -96,6 +143,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help='redo every run (and the dense model)')
     args = parser.parse_args(argv)
+    kinds = {is_channel(m) for m in args.methods}
+    if len(kinds) > 1:
+        parser.error('--methods: give weight methods or channel methods, '
+                     'not both; run them as two parts')
+    args.channels = kinds == {True}
+    if args.prune_config is None:
+        args.prune_config = (CHANNEL_PRUNE_CONFIG
+                             if args.channels else PRUNE_CONFIG)
     if args.budgets is None:
         args.budgets = list(QUICK_BUDGETS if args.quick else DEFAULT_BUDGETS)
     return args
@@ -126,6 +181,13 @@ def method_options(method: str, budget: float, budget_by: str) -> dict:
     options = {'pruner.budget': budget, 'pruner.budget_by': budget_by}
     if method == 'rd':
         options['pruner.type'] = 'RDWeightPruner'
+    elif method == 'rd-channel':
+        options['pruner.type'] = 'RDChannelPruner'
+    elif is_channel(method):
+        allocation, ranking = CHANNEL_BASELINES[method]
+        options['pruner.type'] = 'ChannelBaselinePruner'
+        options['pruner.allocation'] = allocation
+        options['pruner.ranking'] = ranking
     else:
         options['pruner.type'] = 'MagnitudeWeightPruner'
         options['pruner.allocation'] = method
@@ -134,6 +196,7 @@ def method_options(method: str, budget: float, budget_by: str) -> dict:
 
 def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
     """Prune, evaluate, fine-tune and evaluate one (method, budget)."""
+    from rdprune_mm.apis import read_checkpoint
     from rdprune_mm.demo import file_digest, merge_options, read_json
     from rdprune_mm.errors import PruningInputError
     from rdprune_mm.fileio import write_json
@@ -149,44 +212,79 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
         job.log(f'{name}: finished before, reused')
         return done['result']
     start = time.perf_counter()
-    pruned = job.prune(
-        folder, options,
-        curves_dir=osp.join(args.work_dir, 'curves')
-        if method == 'rd' else None)
-    oneshot = job.evaluation(
-        osp.join(folder.path, 'eval_oneshot'), f'{name} one-shot',
-        pruned['checkpoint'], file_digest(pruned['checkpoint']),
-        'eval_oneshot')
+    pruned = job.prune(folder,
+                       options,
+                       curves_dir=osp.join(args.work_dir, 'curves')
+                       if method.startswith('rd') else None)
+    # a channel-pruned model is evaluated and timed as the slim model, with
+    # the structure its slim.pth holds (fine-tuning rewrites structure.json)
+    structure = None
+    if is_channel(method):
+        structure = osp.join(folder.path, 'structure_oneshot.json')
+        slim = read_checkpoint(osp.join(folder.path, 'slim.pth'))
+        write_json(structure, slim['meta']['rdprune_mm']['channel_structure'])
+    oneshot_checkpoint = (osp.join(folder.path, 'slim.pth')
+                          if is_channel(method) else pruned['checkpoint'])
+    oneshot = job.evaluation(osp.join(folder.path, 'eval_oneshot'),
+                             f'{name} one-shot',
+                             oneshot_checkpoint,
+                             file_digest(oneshot_checkpoint),
+                             'eval_oneshot',
+                             structure=structure)
     tuned = job.finetune(folder, options)
-    finetuned = job.evaluation(
-        osp.join(folder.path, 'eval_finetuned'), f'{name} fine-tuned',
-        tuned['checkpoint'], tuned['checkpoint_digest'], 'eval_finetuned')
+    finetuned = job.evaluation(osp.join(folder.path, 'eval_finetuned'),
+                               f'{name} fine-tuned',
+                               tuned['checkpoint'],
+                               tuned['checkpoint_digest'],
+                               'eval_finetuned',
+                               structure=structure)
+    latency = None
+    if is_channel(method):
+        latency = slim_latency(job, tuned['checkpoint'], structure,
+                               args.latency_frames)
     totals = pruned['totals']
     achieved = pruned['budget']['achieved']
     if achieved > budget * (1 + 1e-6):
         raise PruningInputError(
             f'{name}: kept {achieved:.4f} of the {args.budget_by}, over the '
             f'budget {budget}')
-    result = dict(
-        method=method,
-        budget=budget,
-        budget_by=args.budget_by,
-        achieved=achieved,
-        params_kept=totals['params_kept'],
-        flops_kept=totals['flops_kept'],
-        params_after=totals['params_after'],
-        flops_after=totals['flops_after'],
-        distortion=totals['measured_distortion'],
-        predicted_distortion=totals.get('predicted_distortion'),
-        ap_oneshot=oneshot['ap'],
-        ap_finetuned=finetuned['ap'],
-        masks_held=tuned['masks'],
-        prune_seconds=pruned['seconds'],
-        seconds=time.perf_counter() - start)
+    result = dict(method=method,
+                  budget=budget,
+                  budget_by=args.budget_by,
+                  achieved=achieved,
+                  params_kept=totals['params_kept'],
+                  flops_kept=totals['flops_kept'],
+                  params_after=totals['params_after'],
+                  flops_after=totals['flops_after'],
+                  distortion=totals['measured_distortion'],
+                  predicted_distortion=totals.get('predicted_distortion'),
+                  ap_oneshot=oneshot['ap'],
+                  ap_finetuned=finetuned['ap'],
+                  masks_held=tuned.get('masks'),
+                  structure_held=tuned.get('structure'),
+                  latency=latency,
+                  prune_seconds=pruned['seconds'],
+                  seconds=time.perf_counter() - start)
     write_json(
         osp.join(folder.path, 'result.json'),
         dict(settings=folder.settings, result=result))
     return result
+
+
+def slim_latency(job, checkpoint: str, structure: str,
+                 num_frames: int) -> dict:
+    """CPU time per val frame of the dense and the slim model, timed in
+    this process one after the other, and the speed-up (dense / slim
+    median)."""
+    from rdprune_mm.demo import steps
+    times = steps.latency(job.args.train_config,
+                          job.options['train'],
+                          dict(dense=job.dense_record['checkpoint'],
+                               slim=checkpoint),
+                          num_frames,
+                          structures=dict(slim=structure))
+    times['speedup'] = times['dense']['median_ms'] / times['slim']['median_ms']
+    return times
 
 
 def _f(value, digits: int = 2) -> str:
@@ -207,20 +305,22 @@ def results_table(bench: dict) -> str:
         '',
         '| method | keep (' + unit + ') | reduction | achieved | weights '
         'kept | FLOPs kept | distortion | mAP 3D one-shot | mAP 3D '
-        'fine-tuned | mAP BEV fine-tuned | Car 3D fine-tuned |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        'fine-tuned | mAP BEV fine-tuned | Car 3D fine-tuned | CPU '
+        'speed-up |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for r in sorted(bench['runs'],
-                    key=lambda r: (-r['budget'], METHODS.index(r['method']))):
-        lines.append(
-            f'| {label(r["method"])} | {r["budget"]:g} | '
-            f'{1 / r["budget"]:.0f}x | {r["achieved"]:.4f} | '
-            f'{r["params_kept"]:.3f} | {r["flops_kept"]:.3f} | '
-            f'{r["distortion"]:.4g} | '
-            f'{_f(r["ap_oneshot"]["Overall"]["3D"])} | '
-            f'{_f(r["ap_finetuned"]["Overall"]["3D"])} | '
-            f'{_f(r["ap_finetuned"]["Overall"]["BEV"])} | '
-            f'{_f(r["ap_finetuned"]["Car"]["3D"])} |')
+                    key=lambda r: (-r['budget'], method_order(r['method']))):
+        lines.append(f'| {label(r["method"])} | {r["budget"]:g} | '
+                     f'{1 / r["budget"]:.0f}x | {r["achieved"]:.4f} | '
+                     f'{r["params_kept"]:.3f} | {r["flops_kept"]:.3f} | '
+                     f'{r["distortion"]:.4g} | '
+                     f'{_f(r["ap_oneshot"]["Overall"]["3D"])} | '
+                     f'{_f(r["ap_finetuned"]["Overall"]["3D"])} | '
+                     f'{_f(r["ap_finetuned"]["Overall"]["BEV"])} | '
+                     f'{_f(r["ap_finetuned"]["Car"]["3D"])} | ' +
+                     ('-' if not r.get('latency') else
+                      f'{r["latency"]["speedup"]:.2f}x') + ' |')
     env = bench['environment']
     lines += [
         '',
@@ -251,7 +351,7 @@ def plot(bench: dict, path: str) -> None:
         ('finetuned', 'mAP 3D (moderate), after fine-tuning', False),
     ]
     for ax, (key, title, log_y) in zip(axes, panels):
-        for method in METHODS:
+        for method in METHODS + CHANNEL_METHODS:
             runs = sorted((r for r in bench['runs'] if r['method'] == method),
                           key=lambda r: -r['budget'])
             if not runs:
@@ -261,8 +361,11 @@ def plot(bench: dict, path: str) -> None:
                 y = [max(r['distortion'], 1e-12) for r in runs]
             else:
                 y = [r[f'ap_{key}']['Overall']['3D'] or 0.0 for r in runs]
-            ax.plot(x, y, marker='o', label=label(method),
-                    linewidth=2.5 if method == 'rd' else 1.5)
+            ax.plot(x,
+                    y,
+                    marker='o',
+                    label=label(method),
+                    linewidth=2.5 if method.startswith('rd') else 1.5)
         if key != 'distortion' and dense is not None:
             ax.axhline(dense, color='k', linestyle='--', linewidth=1,
                        label='dense')

@@ -1,5 +1,8 @@
 """Accuracy against FLOPs on the benchmark CenterPoint, over training seeds:
-RD weight pruning against uniform, global magnitude, LAMP and ERK, one-shot
+RD weight pruning against uniform, global magnitude, LAMP and ERK
+(``--kind weight``), or RD channel pruning against uniform, global L1
+filter norm, BatchNorm scale and first-order Taylor (Fisher) channel
+importance with the slim models' CPU latency (``--kind channel``), one-shot
 and after the same fine-tuning.
 
 Each seed's model is ``tools/train_benchmark.py``'s (trained first when
@@ -9,11 +12,14 @@ schedule and seed for every method, saved as it finishes, so the benchmark
 runs in parts (``--seeds``, ``--methods``, ``--budgets`` choose one) and a
 rerun skips what is done. The summary over all finished runs, mean and
 spread over seeds, goes to ``--out-dir`` (default ``docs/benchmarks``):
-``quality_weight.json``, ``.md`` and ``.png`` (mAP against FLOPs). Example::
+``quality_<kind>.json``, ``.md`` and ``.png`` (mAP against FLOPs, and
+against the measured speed-up for channels). Example::
 
     python benchmarks/bench_quality.py --seeds 0 --methods rd lamp \
         --budgets 0.5                       # one part, about an hour here
-    python benchmarks/bench_quality.py --summary-only
+    python benchmarks/bench_quality.py --kind channel --seeds 0 \
+        --methods rd-channel l1-channel --budgets 0.5
+    python benchmarks/bench_quality.py --summary-only [--kind channel]
 """
 from __future__ import annotations
 
@@ -29,25 +35,34 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 #: Shares of the FLOPs to keep: 2x, 3x, 3.89x (the paper's CenterPoint) and
 #: 6x fewer.
 BUDGETS = (1 / 2, 1 / 3, 1 / 3.89, 1 / 6)
+#: Per kind: its methods (``bench_baselines.py``'s) and RD config.
+KINDS = {
+    'weight': (('rd', 'uniform', 'global', 'lamp', 'erk'),
+               'rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py'),
+    'channel': (('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
+                 'taylor-channel'),
+                'rdprune_mm::kitti_like/rd-channel_centerpoint_kitti-like.py'),
+}
+CLASSES = ('Pedestrian', 'Cyclist', 'Car')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     from rdprune_mm.demo.benchmark_model import parse_args as bench_args
     parser = argparse.ArgumentParser(
-        description='RD weight pruning against baselines on the benchmark '
-        'CenterPoint, over training seeds.')
+        description='RD weight or channel pruning against baselines on the '
+        'benchmark CenterPoint, over training seeds.')
+    parser.add_argument('--kind', choices=sorted(KINDS), default='weight')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--methods',
                         nargs='+',
-                        default=['rd', 'uniform', 'global', 'lamp', 'erk'])
+                        help='default: every method of --kind')
     parser.add_argument('--budgets',
                         type=float,
                         nargs='+',
                         default=list(BUDGETS))
-    parser.add_argument(
-        '--prune-config',
-        default='rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py')
+    parser.add_argument('--prune-config', help="default: the kind's RD config")
     parser.add_argument('--finetune-epochs', type=int, default=2)
+    parser.add_argument('--latency-frames', type=int, default=10)
     parser.add_argument('--out-dir',
                         default=osp.join(REPO, 'docs', 'benchmarks'))
     parser.add_argument(
@@ -55,6 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help='write the summary of the finished runs, run nothing')
     args, rest = parser.parse_known_args(argv)
+    methods, config = KINDS[args.kind]
+    args.methods = args.methods or list(methods)
+    unknown = sorted(set(args.methods) - set(methods))
+    if unknown:
+        parser.error(f'--methods {unknown} are not {args.kind} methods; '
+                     f'choose from {list(methods)} or change --kind')
+    args.prune_config = args.prune_config or config
     # data, model and schedule: tools/train_benchmark.py's arguments
     args.model = bench_args(rest)
     return args
@@ -88,6 +110,8 @@ def baseline_args(args: argparse.Namespace, seed: int,
         str(model.epochs),
         '--finetune-epochs',
         str(args.finetune_epochs),
+        '--latency-frames',
+        str(args.latency_frames),
         '--budget-by',
         'flops',
         '--methods',
@@ -117,11 +141,18 @@ def finished_runs(work_dir: str, seed: int) -> dict:
                 runs=runs)
 
 
-def summarize(benches: Dict[int, dict]) -> dict:
-    """Mean and spread over seeds per (method, budget)."""
+def _mean_std(values: List[float]) -> tuple:
+    return (statistics.mean(values),
+            statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
+    """Mean and spread over seeds per (method, budget), for ``methods``."""
     cells: Dict[tuple, List[dict]] = {}
     for seed, bench in benches.items():
         for run in bench['runs']:
+            if run['method'] not in methods:
+                continue
             cells.setdefault((run['method'], round(run['budget'], 6)),
                              []).append(dict(run, seed=seed))
     dense = [
@@ -136,10 +167,15 @@ def summarize(benches: Dict[int, dict]) -> dict:
                    seeds=[r['seed'] for r in runs])
         for key in ('oneshot', 'finetuned'):
             for kind in ('3D', 'BEV'):
-                values = [r[f'ap_{key}']['Overall'][kind] or 0.0 for r in runs]
-                row[f'{key}_{kind}'] = statistics.mean(values)
-                row[f'{key}_{kind}_std'] = (statistics.stdev(values)
-                                            if len(values) > 1 else None)
+                row[f'{key}_{kind}'], row[f'{key}_{kind}_std'] = _mean_std(
+                    [r[f'ap_{key}']['Overall'][kind] or 0.0 for r in runs])
+        row['finetuned_3D_by_class'] = {
+            c: statistics.mean(r['ap_finetuned'][c]['3D'] or 0.0 for r in runs)
+            for c in CLASSES
+        }
+        if all(r.get('latency') for r in runs):
+            row['speedup'], row['speedup_std'] = _mean_std(
+                [r['latency']['speedup'] for r in runs])
         row['flops_kept'] = statistics.mean(r['flops_kept'] for r in runs)
         rows.append(row)
     return dict(
@@ -162,15 +198,21 @@ def table(summary: dict) -> str:
             summary['dense_3d'], summary['dense_3d_std'])) +
         f' (seeds {summary["dense_seeds"]}).', '',
         '| method | FLOPs kept | seeds | mAP 3D one-shot | mAP 3D fine-tuned '
-        '| mAP BEV fine-tuned |', '|---|---:|---|---:|---:|---:|'
+        '| mAP BEV fine-tuned | ' + ' | '.join(f'{c} 3D' for c in CLASSES) +
+        ' | CPU speed-up |',
+        '|---|---:|---|---:|---:|---:|' + '---:|' * len(CLASSES) + '---:|'
     ]
     for row in summary['rows']:
+        speedup = ('-' if 'speedup' not in row else
+                   cell(row['speedup'], row['speedup_std']) + 'x')
         lines.append(
             f'| {row["method"]} | {row["flops_kept"]:.3f} '
             f'(1/{1 / row["budget"]:.2f}) | {row["seeds"]} | '
             f'{cell(row["oneshot_3D"], row["oneshot_3D_std"])} | '
             f'{cell(row["finetuned_3D"], row["finetuned_3D_std"])} | '
-            f'{cell(row["finetuned_BEV"], row["finetuned_BEV_std"])} |')
+            f'{cell(row["finetuned_BEV"], row["finetuned_BEV_std"])} | ' +
+            ' | '.join(f'{row["finetuned_3D_by_class"][c]:.2f}'
+                       for c in CLASSES) + f' | {speedup} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -179,26 +221,33 @@ def plot(summary: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
     from rdprune_mm.fileio import atomic_write
-    fig = Figure(figsize=(7, 4.5), layout='tight')
+    timed = any('speedup' in r for r in summary['rows'])
+    fig = Figure(figsize=(12 if timed else 7, 4.5), layout='tight')
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for method in sorted({r['method'] for r in summary['rows']}):
-        rows = sorted((r for r in summary['rows'] if r['method'] == method),
-                      key=lambda r: -r['budget'])
-        ax.errorbar([1 / r['budget'] for r in rows],
-                    [r['finetuned_3D'] for r in rows],
-                    yerr=[r['finetuned_3D_std'] or 0 for r in rows],
-                    marker='o',
-                    capsize=3,
-                    label=method)
-    if summary['dense_3d'] is not None:
-        ax.axhline(summary['dense_3d'],
-                   color='k',
-                   linestyle='--',
-                   label='dense')
-    ax.set_xlabel('FLOPs reduction (x)')
-    ax.set_ylabel('mAP 3D fine-tuned (moderate, AP40)')
-    ax.legend()
+    panels = [('FLOPs reduction (x)', lambda r: 1 / r['budget'])]
+    if timed:
+        panels.append(('measured CPU speed-up (x)',
+                       lambda r: r.get('speedup', float('nan'))))
+    for index, (xlabel, x_of) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        for method in sorted({r['method'] for r in summary['rows']}):
+            rows = sorted(
+                (r for r in summary['rows'] if r['method'] == method),
+                key=lambda r: -r['budget'])
+            ax.errorbar([x_of(r) for r in rows],
+                        [r['finetuned_3D'] for r in rows],
+                        yerr=[r['finetuned_3D_std'] or 0 for r in rows],
+                        marker='o',
+                        capsize=3,
+                        label=method)
+        if summary['dense_3d'] is not None:
+            ax.axhline(summary['dense_3d'],
+                       color='k',
+                       linestyle='--',
+                       label='dense')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('mAP 3D fine-tuned (moderate, AP40)')
+        ax.legend()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110))
 
 
@@ -219,10 +268,14 @@ def run(args: argparse.Namespace) -> dict:
     if not any(b['runs'] for b in benches.values()):
         print('no finished runs to summarize')
         return {}
-    summary = summarize(benches)
-    write_json(osp.join(args.out_dir, 'quality_weight.json'), summary)
-    write_text(osp.join(args.out_dir, 'quality_weight.md'), table(summary))
-    plot(summary, osp.join(args.out_dir, 'quality_weight.png'))
+    summary = summarize(benches, args.methods)
+    if not summary['rows']:
+        print(f'no finished {args.kind} runs to summarize')
+        return {}
+    name = osp.join(args.out_dir, f'quality_{args.kind}')
+    write_json(name + '.json', summary)
+    write_text(name + '.md', table(summary))
+    plot(summary, name + '.png')
     print(table(summary))
     return summary
 

@@ -13,7 +13,7 @@ per sample, whatever the number of layers and levels.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .progress import progress_bar
 from .targets import PruningTarget
 
 HeadTensors = Dict[str, torch.Tensor]
+#: Maps a target and the gradient of one projection on its weight to the
+#: row the sketch keeps (default: the flattened gradient).
+RowOf = Callable[[PruningTarget, torch.Tensor], torch.Tensor]
 
 
 class GradientSketch:
@@ -56,7 +59,8 @@ class GradientSketch:
                 weights: torch.Tensor,
                 sample_reduction: str,
                 num_projections: int = 16,
-                seed: int = 0) -> 'GradientSketch':
+                seed: int = 0,
+                row_of: Optional[RowOf] = None) -> 'GradientSketch':
         """Run ``num_projections`` backward passes per calibration batch.
 
         Under torch.distributed each rank sketches a round-robin share of
@@ -76,6 +80,8 @@ class GradientSketch:
             num_projections: Random output directions per batch.
             seed: Seed of the directions (drawn on the CPU, so they are the
                 same on every device).
+            row_of: What is kept of each projected gradient (None: all of
+                it); a reduction keeps the sketch small on large models.
 
         Returns:
             GradientSketch: float32 gradients on the weights' devices.
@@ -84,9 +90,9 @@ class GradientSketch:
             raise ValueError(
                 f'num_projections must be at least 1, got {num_projections}')
         mine = split_round_robin(range(len(batches)))
-        local = run_everywhere(lambda: _sketch_rows(
-            targets, batches, mine, head_outputs, weights, num_projections,
-            seed))
+        local = run_everywhere(
+            lambda: _sketch_rows(targets, batches, mine, head_outputs, weights,
+                                 num_projections, seed, row_of or _flat_row))
         if is_distributed():
             by_sample = {}
             for part in dist.all_gather_object(
@@ -158,11 +164,15 @@ def _projection_scales(weights: Union[torch.Tensor, HeadTensors],
     return weights.sqrt().tolist()
 
 
+def _flat_row(target: PruningTarget, grad: torch.Tensor) -> torch.Tensor:
+    return grad.flatten()
+
+
 def _sketch_rows(targets: Sequence[PruningTarget], batches: Sequence[dict],
-                 indices: Sequence[int],
-                 head_outputs: Callable[[dict], HeadTensors], weights,
-                 num_projections: int,
-                 seed: int) -> Dict[int, Dict[str, torch.Tensor]]:
+                 indices: Sequence[int], head_outputs: Callable[[dict],
+                                                                HeadTensors],
+                 weights, num_projections: int, seed: int,
+                 row_of: RowOf) -> Dict[int, Dict[str, torch.Tensor]]:
     """The projected gradients of the batches at ``indices``: per batch
     index, ``[num_projections, numel]`` per target. Each batch draws its
     directions from a generator seeded by ``(seed, index)``, so any split of
@@ -202,7 +212,7 @@ def _sketch_rows(targets: Sequence[PruningTarget], batches: Sequence[dict],
                             if grad is None:
                                 grad = torch.zeros_like(target.weight)
                             rows[target.name].append(
-                                grad.detach().flatten().float())
+                                row_of(target, grad.detach()).float())
                         progress.update()
                     del outputs
                     out[index] = {n: torch.stack(r) for n, r in rows.items()}

@@ -251,7 +251,12 @@ def test_benchmark_runs_every_method_within_every_budget(
     fake_ap = {c: {'3D': 1.0, 'BEV': 2.0}
                for c in demo.CLASSES + ('Overall', )}
 
-    def fake_evaluate(config, options, checkpoint, work_dir, name):
+    def fake_evaluate(config,
+                      options,
+                      checkpoint,
+                      work_dir,
+                      name,
+                      structure=None):
         return dict(metrics={}, ap=fake_ap, seconds=0.0)
 
     def fake_finetune(config, checkpoint, work_dir, options):
@@ -303,3 +308,74 @@ def test_benchmark_runs_every_method_within_every_budget(
         steps, 'prune',
         lambda *a, **k: (_ for _ in ()).throw(AssertionError('pruned again')))
     assert bench.main(bench_argv) == 0
+
+
+def test_channel_benchmark_evaluates_and_times_the_slim_models(
+        first_run, monkeypatch, tmp_path):
+    """The channel methods prune within the budget, and the evaluations and
+    the timing get the slim checkpoint with its own structure (stubs replace
+    KittiMetric and fine-tuning)."""
+    bench = load_bench()
+    argv, work, _ = first_run
+    data_root = argv[argv.index('--data-root') + 1]
+    fake_ap = {
+        c: {
+            '3D': 1.0,
+            'BEV': 2.0
+        }
+        for c in demo.CLASSES + ('Overall', )
+    }
+    evaluated = []
+
+    def fake_evaluate(config,
+                      options,
+                      checkpoint,
+                      work_dir,
+                      name,
+                      structure=None):
+        evaluated.append((checkpoint, structure))
+        return dict(metrics={}, ap=fake_ap, seconds=0.0)
+
+    def fake_finetune(config, checkpoint, work_dir, options):
+        slim = osp.join(work_dir, 'slim.pth')
+        return dict(checkpoint=slim,
+                    checkpoint_digest='x',
+                    structure=dict(groups=1,
+                                   channels=1,
+                                   kept_channels=1,
+                                   same_as_one_shot=True),
+                    seconds=0.0)
+
+    monkeypatch.setattr(steps, 'evaluate', fake_evaluate)
+    monkeypatch.setattr(steps, 'finetune', fake_finetune)
+    out = tmp_path / 'bench'
+    # RD curves, one share for all groups, one threshold on Fisher scores
+    methods = ['rd-channel', 'uniform-channel', 'taylor-channel']
+    shared = [
+        a if a != TARGETS else 'pruner.targets.include=[backbone.blocks.1.0$]'
+        for a in SHARED
+    ]
+    assert bench.main([
+        '--data-root', data_root, '--work-dir',
+        str(work), '--out-dir',
+        str(out), '--budgets', '0.5', '--latency-frames', '1', '--methods',
+        *methods, *shared
+    ]) == 0
+    with open(out / 'results.json') as f:
+        runs = {r['method']: r for r in json.load(f)['runs']}
+    assert set(runs) == set(methods)
+    for method, run in runs.items():
+        assert 0 < run['achieved'] <= 0.5 + 1e-9, method
+        assert run['latency']['speedup'] > 0
+    assert len(evaluated) == 2 * len(runs)
+    for checkpoint, structure in evaluated:
+        assert osp.basename(checkpoint) == 'slim.pth' and structure
+        state = read_checkpoint(checkpoint)['state_dict']
+        with open(structure) as f:
+            groups = json.load(f)['groups']
+        assert groups, 'the budget pruned no channel'
+        for name, group in groups.items():
+            assert state[f'{name}.weight'].shape[0] == len(group['keep'])
+    with open(out / 'results.md') as f:
+        speedups = re.findall(r'\| \d+\.\d\dx \|$', f.read(), re.M)
+    assert len(speedups) == len(runs)

@@ -114,7 +114,8 @@ class Job:
                    what: str,
                    checkpoint: str,
                    digest: str,
-                   name: str = 'eval') -> dict:
+                   name: str = 'eval',
+                   structure: Optional[str] = None) -> dict:
         """KittiMetric of ``checkpoint`` (reused when done before).
 
         Args:
@@ -123,17 +124,19 @@ class Job:
             checkpoint: The model to evaluate.
             digest: The checkpoint's :func:`file_digest`.
             name: The Runner's experiment name and the key of its time.
+            structure: The ``structure.json`` of a slim checkpoint.
 
         Returns:
             dict: :func:`rdprune_mm.demo.steps.evaluate`'s result.
         """
         folder = StepDir(
             path,
-            dict(
-                checkpoint=checkpoint,
-                checkpoint_digest=digest,
-                config_digest=config_digest(self.args.train_config,
-                                            self.options['train'])))
+            dict(checkpoint=checkpoint,
+                 checkpoint_digest=digest,
+                 config_digest=config_digest(self.args.train_config,
+                                             self.options['train']),
+                 **({} if structure is None else dict(
+                     structure_digest=file_digest(structure)))))
         start = time.perf_counter()
         record = None if self.args.overwrite else folder.done
         if record is not None:
@@ -142,8 +145,12 @@ class Job:
             folder.prepare(True, 'an evaluation')  # derived: redo freely
             self.log(f'KittiMetric of {what} ({checkpoint})')
             record = folder.finish(
-                steps.evaluate(self.args.train_config, self.options['train'],
-                               checkpoint, folder.path, name))
+                steps.evaluate(self.args.train_config,
+                               self.options['train'],
+                               checkpoint,
+                               folder.path,
+                               name,
+                               structure=structure))
         self.add_time(name, start)
         ap = record['ap']
         self.log(f'{what}: ' + ', '.join(
@@ -241,17 +248,24 @@ class Job:
             self.log(f'fine-tuned model: {result["checkpoint"]} exists, '
                      'reused')
         else:
-            self.log(f'fine-tuning the pruned model in {folder.path}, '
-                     'RDPruneHook holding the masks')
+            self.log(f'fine-tuning the pruned model in {folder.path} '
+                     '(RDPruneHook: masks held, or the slim model)')
             result = steps.finetune(self.args.prune_config,
                                     self.dense_record['checkpoint'],
                                     folder.path, options)
             write_json(done, dict(settings=folder.settings, result=result))
         self.add_time('finetune', start)
-        masks = result['masks']
-        self.log(f'masks held: {masks["pruned_weights"]:,} pruned weights in '
-                 f'{masks["layers"]} layers, all zero; the one-shot '
-                 f'pruning\'s masks: {masks["same_as_one_shot"]}')
+        if 'structure' in result:
+            kept = result['structure']
+            self.log(f'slim model trained: {kept["kept_channels"]:,} of '
+                     f'{kept["channels"]:,} channels in {kept["groups"]} '
+                     'groups; the one-shot structure: '
+                     f'{kept["same_as_one_shot"]}')
+        else:
+            masks = result['masks']
+            self.log(f'masks held: {masks["pruned_weights"]:,} pruned weights'
+                     f' in {masks["layers"]} layers, all zero; the one-shot '
+                     f'pruning\'s masks: {masks["same_as_one_shot"]}')
         return result
 
 

@@ -15,6 +15,7 @@ from mmengine.registry import init_default_scope
 
 from ..apis import build_detector, prune_detector, read_checkpoint
 from ..calibration import dataloader_batches
+from ..channels.export import slim_config
 from ..datasets import (create_kitti_infos, infos_exist,
                         write_kitti_like_dataset)
 from ..errors import PruningInputError
@@ -131,8 +132,12 @@ def train(config: str, options: Optional[dict], work_dir: str,
 PREDICTIONS_FILE = 'predictions.pkl'
 
 
-def evaluate(config: str, options: Optional[dict], checkpoint: str,
-             work_dir: str, name: str) -> dict:
+def evaluate(config: str,
+             options: Optional[dict],
+             checkpoint: str,
+             work_dir: str,
+             name: str,
+             structure: Optional[str] = None) -> dict:
     """KittiMetric of ``checkpoint`` on the config's test split; the
     predictions go to ``<work_dir>/predictions.pkl``.
 
@@ -142,13 +147,20 @@ def evaluate(config: str, options: Optional[dict], checkpoint: str,
         checkpoint: The model to evaluate.
         work_dir: The Runner's work dir.
         name: The Runner's experiment name.
+        structure: The ``structure.json`` of a slim (channel-pruned)
+            checkpoint: the config's model is built as ``SlimDetector``.
 
     Returns:
         dict: All metrics, the AP table of :func:`kitti_ap`, the
         predictions file and seconds.
     """
     start = time.perf_counter()
-    cfg = runner_config(config, options, work_dir, name, load_from=checkpoint)
+    cfg = model_config(config, options, structure)
+    cfg.merge_from_dict(
+        dict(work_dir=work_dir,
+             load_from=checkpoint,
+             resume=False,
+             experiment_name=name))
     predictions = osp.join(work_dir, PREDICTIONS_FILE)
     evaluators = cfg.test_evaluator
     cfg.test_evaluator = [
@@ -167,6 +179,15 @@ def evaluate(config: str, options: Optional[dict], checkpoint: str,
         ap=kitti_ap(metrics),
         predictions=predictions,
         seconds=time.perf_counter() - start)
+
+
+def model_config(config: str, options: Optional[dict],
+                 structure: Optional[str]) -> Config:
+    """The config with its options, its model wrapped in ``SlimDetector``
+    when a channel ``structure`` file is given."""
+    cfg = load_config(config, options)
+    return cfg if structure is None else slim_config(cfg,
+                                                     osp.abspath(structure))
 
 
 def kitti_ap(metrics: dict, ap: str = 'AP40') -> dict:
@@ -253,12 +274,14 @@ def finetune(config: str, checkpoint: str, work_dir: str,
     cfg.experiment_name = 'finetune'
     train_with_runner(cfg)
     final = last_checkpoint(work_dir)
-    check = check_masks(final, osp.join(work_dir, 'pruned.pth'))
-    return dict(
-        checkpoint=final,
-        checkpoint_digest=file_digest(final),
-        masks=check,
-        seconds=time.perf_counter() - start)
+    result = dict(checkpoint=final, checkpoint_digest=file_digest(final))
+    slim = osp.join(work_dir, 'slim.pth')
+    if osp.isfile(slim):
+        result['structure'] = check_structure(final, slim)
+    else:
+        result['masks'] = check_masks(final, osp.join(work_dir, 'pruned.pth'))
+    result['seconds'] = time.perf_counter() - start
+    return result
 
 
 def check_masks(checkpoint: str, pruned: Optional[str] = None) -> dict:
@@ -310,6 +333,46 @@ def check_masks(checkpoint: str, pruned: Optional[str] = None) -> dict:
         same_as_one_shot=same)
 
 
+def check_structure(checkpoint: str, slim: str) -> dict:
+    """Check that a fine-tuned channel-pruned checkpoint is slim: it holds
+    ``RDPruneHook``'s channel structure and its weights have the shapes of
+    the one-shot slim model (``slim.pth``, whose structure it is compared
+    with).
+
+    Returns:
+        dict: Channel groups, their channels before and after, and
+        ``same_as_one_shot``.
+
+    Raises:
+        PruningInputError: The checkpoint has no channel structure, or its
+            weights are not the slim model's shapes.
+    """
+    loaded = read_checkpoint(checkpoint)
+    structure = (loaded.get('rdprune_mm') or {}).get('channel_structure')
+    if not structure:
+        raise PruningInputError(
+            f'{checkpoint} carries no RDPruneHook channel structure; '
+            'fine-tune a channel pruning config with tools/prune.py '
+            '--finetune')
+    one_shot = read_checkpoint(slim)
+    shapes = {k: tuple(v.shape) for k, v in one_shot['state_dict'].items()}
+    tuned = {k: tuple(v.shape) for k, v in loaded['state_dict'].items()}
+    if tuned != shapes:
+        differ = sorted(k for k in set(shapes) | set(tuned)
+                        if shapes.get(k) != tuned.get(k))
+        raise PruningInputError(
+            f'{checkpoint}: {len(differ)} tensors differ in shape from the '
+            f'one-shot slim model {slim} (e.g. {differ[0]}); the fine-tuned '
+            'model is not the slim model')
+    groups = structure['groups']
+    one_shot_groups = one_shot['meta']['rdprune_mm']['channel_structure'][
+        'groups']
+    return dict(groups=len(groups),
+                channels=sum(g['num_channels'] for g in groups.values()),
+                kept_channels=sum(len(g['keep']) for g in groups.values()),
+                same_as_one_shot=groups == one_shot_groups)
+
+
 def count_params(checkpoint: str) -> Dict[str, int]:
     """All weights of the model in a checkpoint, and the nonzero ones
     (BatchNorm buffers are not parameters and not counted).
@@ -331,7 +394,8 @@ def latency(config: str,
             options: Optional[dict],
             checkpoints: Dict[str, str],
             num_frames: int,
-            warmup: int = 2) -> dict:
+            warmup: int = 2,
+            structures: Optional[Dict[str, str]] = None) -> dict:
     """Wall time of ``model.test_step`` per frame on the CPU (batch 1, the
     test pipeline's frames of the val split), for every checkpoint.
 
@@ -341,6 +405,7 @@ def latency(config: str,
         checkpoints: Models by name.
         num_frames: Frames timed per model.
         warmup: Frames run before timing.
+        structures: ``structure.json`` by name, for slim checkpoints.
 
     Returns:
         dict: ``threads`` and ``frames``, and per name the median, min and
@@ -356,7 +421,10 @@ def latency(config: str,
     out: Dict[str, Any] = dict(
         threads=torch.get_num_threads(), frames=len(timed))
     for name, checkpoint in checkpoints.items():
-        model, _ = build_detector(cfg, checkpoint, 'cpu')
+        structure = (structures or {}).get(name)
+        model, _ = build_detector(
+            cfg if structure is None else model_config(
+                config, options, structure), checkpoint, 'cpu')
         times = []
         with torch.no_grad():
             for batch in warm:

@@ -66,8 +66,9 @@ class RDChannelPruner(PruningPipeline):
             without channel rules that match ``exclude`` are black boxes.
         ranking: Channel order inside a group, a channel importance of the
             ``IMPORTANCES`` registry by alias or config: ``'l2'`` / ``'l1'``
-            (the producers' filter norms) or ``'bn'`` (BatchNorm
-            ``|gamma|``).
+            (the producers' filter norms), ``'bn'`` (BatchNorm
+            ``|gamma|``) or ``'fisher'`` (first-order Taylor on the head
+            outputs, :class:`ChannelTaylorImportance`).
         distortion: Config of a measure in the ``DISTORTIONS`` registry.
         min_keep: Smallest share of every group's channels to keep (one
             channel is always kept).
@@ -198,6 +199,14 @@ class RDChannelPruner(PruningPipeline):
                 "frames (none of them ran); use pruner.budget_by='params'")
         params = {t.name: float(t.num_params) for t in state.targets}
         counts = channel_counts(groups, 1.0 - self.sparsities, self.min_keep)
+        if self.importance.needs_calibration:
+            MMLogger.get_current_instance().info(
+                f'{self.ranking} ranking: backward passes on '
+                f'{len(batches)} calibration frame(s)')
+            self.importance.measure(
+                groups, state.targets, batches, state.calibration.head,
+                self.distortion.quadratic_weights(state.calibration.reference),
+                self.distortion.sample_reduction)
         state.units = [
             ChannelUnit(g, self.importance.order(g), c)
             for g, c in zip(groups, counts)

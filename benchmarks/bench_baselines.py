@@ -218,13 +218,12 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
                        if method.startswith('rd') else None)
     # a channel-pruned model is evaluated and timed as the slim model, with
     # the structure its slim.pth holds (fine-tuning rewrites structure.json)
-    structure = None
+    oneshot_checkpoint, structure = pruned['checkpoint'], None
     if is_channel(method):
+        oneshot_checkpoint = osp.join(folder.path, 'slim.pth')
         structure = osp.join(folder.path, 'structure_oneshot.json')
-        slim = read_checkpoint(osp.join(folder.path, 'slim.pth'))
+        slim = read_checkpoint(oneshot_checkpoint)
         write_json(structure, slim['meta']['rdprune_mm']['channel_structure'])
-    oneshot_checkpoint = (osp.join(folder.path, 'slim.pth')
-                          if is_channel(method) else pruned['checkpoint'])
     oneshot = job.evaluation(osp.join(folder.path, 'eval_oneshot'),
                              f'{name} one-shot',
                              oneshot_checkpoint,

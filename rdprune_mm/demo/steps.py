@@ -16,6 +16,7 @@ from mmengine.registry import init_default_scope
 from ..apis import build_detector, prune_detector, read_checkpoint
 from ..calibration import dataloader_batches
 from ..channels.export import slim_config
+from ..checkpoint import checkpoint_misfit
 from ..datasets import (create_kitti_infos, infos_exist,
                         write_kitti_like_dataset)
 from ..errors import PruningInputError
@@ -81,7 +82,8 @@ def runner_config(config: str,
                   work_dir: str,
                   name: str,
                   load_from: Optional[str] = None,
-                  resume: bool = False) -> Config:
+                  resume: bool = False,
+                  structure: Optional[str] = None) -> Config:
     """A config for mmengine's Runner.
 
     Args:
@@ -91,8 +93,10 @@ def runner_config(config: str,
         name: The Runner's experiment name.
         load_from: Checkpoint to load.
         resume: Resume the last checkpoint in ``work_dir``.
+        structure: The ``structure.json`` of a slim checkpoint
+            (:func:`model_config`).
     """
-    cfg = load_config(config, options)
+    cfg = model_config(config, options, structure)
     cfg.work_dir = work_dir
     cfg.load_from = load_from
     cfg.resume = resume
@@ -155,12 +159,12 @@ def evaluate(config: str,
         predictions file and seconds.
     """
     start = time.perf_counter()
-    cfg = model_config(config, options, structure)
-    cfg.merge_from_dict(
-        dict(work_dir=work_dir,
-             load_from=checkpoint,
-             resume=False,
-             experiment_name=name))
+    cfg = runner_config(config,
+                        options,
+                        work_dir,
+                        name,
+                        load_from=checkpoint,
+                        structure=structure)
     predictions = osp.join(work_dir, PREDICTIONS_FILE)
     evaluators = cfg.test_evaluator
     cfg.test_evaluator = [
@@ -355,15 +359,11 @@ def check_structure(checkpoint: str, slim: str) -> dict:
             'fine-tune a channel pruning config with tools/prune.py '
             '--finetune')
     one_shot = read_checkpoint(slim)
-    shapes = {k: tuple(v.shape) for k, v in one_shot['state_dict'].items()}
-    tuned = {k: tuple(v.shape) for k, v in loaded['state_dict'].items()}
-    if tuned != shapes:
-        differ = sorted(k for k in set(shapes) | set(tuned)
-                        if shapes.get(k) != tuned.get(k))
+    misfit = checkpoint_misfit(one_shot['state_dict'], loaded)
+    if misfit:
         raise PruningInputError(
-            f'{checkpoint}: {len(differ)} tensors differ in shape from the '
-            f'one-shot slim model {slim} (e.g. {differ[0]}); the fine-tuned '
-            'model is not the slim model')
+            f'{checkpoint} does not fit the one-shot slim model {slim} '
+            f'({misfit}); the fine-tuned model is not the slim model')
     groups = structure['groups']
     one_shot_groups = one_shot['meta']['rdprune_mm']['channel_structure'][
         'groups']

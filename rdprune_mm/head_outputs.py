@@ -22,7 +22,7 @@ second pass over the same batch would otherwise see other inputs.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -130,6 +130,8 @@ class HeadOutputs:
         # id(batch) -> (batch, proposals); the batch is kept so that its id
         # cannot be reused by another object.
         self._proposals: Dict[int, tuple] = {}
+        #: Set by ``upstream_replay.replaying_unchanged_parts``.
+        self.replay = None
 
     @contextmanager
     def _fixed_proposals(self, batch: dict) -> Iterator[None]:
@@ -181,8 +183,10 @@ class HeadOutputs:
             head.register_forward_hook(make_hook(name))
             for name, head in zip(self.head_names, self.heads)
         ]
+        replay = (self.replay.one_pass(batch)
+                  if self.replay is not None else nullcontext())
         try:
-            with self._fixed_proposals(batch):
+            with self._fixed_proposals(batch), replay:
                 self.model(**{**batch,
                               'inputs': clone_tensors(batch['inputs'])},
                            mode='predict')

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import DYNAMIC_POINTPILLARS, PV_RCNN, load_tool
+from conftest import DYNAMIC_POINTPILLARS, PV_RCNN, SMALL_PV_RCNN, load_tool
 from rdprune_mm.apis import build_detector
 from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.head_outputs import HeadOutputs
@@ -27,6 +27,7 @@ INCLUDE = ('pruner.targets.include=['
 @pytest.fixture(scope='module')
 def pv_rcnn():
     cfg = Config.fromfile(PV_RCNN)
+    cfg.merge_from_dict(SMALL_PV_RCNN)
     model, _ = build_detector(cfg)
     batch = calibration_batches(cfg, model, cfg.calibration)[0]
     return model, batch
@@ -60,8 +61,11 @@ def test_heads_and_proposal_replay(pv_rcnn):
 
 def test_prune_tool_end_to_end(tmp_path):
     work_dir = str(tmp_path)
-    argv = [PV_RCNN, '--work-dir', work_dir, '--cfg-options',
-            'pruner.num_levels=3', 'pruner.budget=0.6', INCLUDE]
+    argv = [
+        PV_RCNN, '--work-dir', work_dir, '--cfg-options',
+        'pruner.num_levels=3', 'pruner.budget=0.6', INCLUDE,
+        *[f'{key}={value}' for key, value in SMALL_PV_RCNN.items()]
+    ]
     assert load_tool('prune').main(argv) == 0
     with open(osp.join(work_dir, 'allocation.json')) as f:
         report = json.load(f)

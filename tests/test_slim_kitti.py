@@ -19,7 +19,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from conftest import LIDAR, REPO
+from conftest import LIDAR, REPO, SMALL_PV_RCNN
 from rdprune_mm.apis import build_detector
 from rdprune_mm.batchnorm import recalibrate_batchnorm
 from rdprune_mm.calibration import calibration_batches
@@ -84,7 +84,8 @@ def setups():
 
     def get(name):
         if name not in cache:
-            model, cfg = build(name)
+            model, cfg = build(
+                name, options=SMALL_PV_RCNN if name == 'pv_rcnn' else None)
             batches = calibration_batches(cfg, model,
                                           dict(frames=[KITTI_FRAME]))
             recalibrate_batchnorm(model, batches)
@@ -224,6 +225,7 @@ def test_rd_channel_pruner_on_the_pv_rcnn_config():
     model's distortion is exactly 0 (repeatable passes), and the slim copy
     equals the masked model on the same proposals."""
     cfg = Config.fromfile(CHANNEL_PV_RCNN)
+    cfg.merge_from_dict(SMALL_PV_RCNN)
     model, _ = build_detector(cfg)
     batches = calibration_batches(cfg, model, cfg.calibration)
     include = [

@@ -38,6 +38,7 @@ from ..fileio import fingerprint
 from ..registry import DISTORTIONS
 from ..targets import PruningTarget, find_targets
 from ..units import PruningUnit
+from ..upstream_replay import replaying_unchanged_parts
 from .budget_search import BudgetSearch
 from .calibration import Calibration, calibrate
 from .checks import check_budget, check_min_keep, check_targets
@@ -80,6 +81,11 @@ class PruningPipeline:
             module names.
         compensate: ``dict(reconstruct=bool, batchnorm=bool, damp=float)``
             (:class:`rdprune_mm.compensation.Compensation`); None: off.
+        replay_unchanged: Whether the curves replay the outputs of the
+            detector parts before the head that a pass leaves unchanged
+            (:mod:`rdprune_mm.upstream_replay`) instead of computing them
+            again; costs the memory of those outputs on every calibration
+            frame.
     """
 
     #: What a unit is, for the log.
@@ -94,8 +100,10 @@ class PruningPipeline:
                  min_keep: float = 0.0,
                  head_modules: Optional[Sequence[str]] = None,
                  targets: Optional[dict] = None,
-                 compensate: Optional[dict] = None) -> None:
+                 compensate: Optional[dict] = None,
+                 replay_unchanged: bool = True) -> None:
         self.budget = check_budget(budget)
+        self.replay_unchanged = bool(replay_unchanged)
         self.min_keep = check_min_keep(min_keep)
         self.distortion_cfg = dict(distortion or dict(type='NormalizedMSE'))
         self.distortion = DISTORTIONS.build(self.distortion_cfg)
@@ -164,10 +172,13 @@ class PruningPipeline:
     def curves(self, model: nn.Module, batches: Sequence[dict],
                state: PruningState) -> Dict[str, np.ndarray]:
         """Every unit's distortion at every level, cached."""
-        return measure_curves(state.units, state.calibration.measure,
-                              state.cache,
-                              state.calibration.unpruned_distortion,
-                              noun=self.unit_noun)
+        with replaying_unchanged_parts(state.calibration.head,
+                                       self.replay_unchanged):
+            return measure_curves(state.units,
+                                  state.calibration.measure,
+                                  state.cache,
+                                  state.calibration.unpruned_distortion,
+                                  noun=self.unit_noun)
 
     def compensate(self, model: nn.Module, batches: Sequence[dict],
                    state: PruningState,

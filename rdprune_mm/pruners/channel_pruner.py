@@ -91,6 +91,10 @@ class RDChannelPruner(PruningPipeline):
             for ``'latency'`` or ``latency_budget`` (at least 2, one of
             them 1).
         latency_repeats: Timed passes per share (their median counts).
+        compensate: Post-pruning compensation (see
+            :class:`~rdprune_mm.pipeline.PruningPipeline`); None: off.
+        replay_unchanged: Whether the curves replay the detector parts a
+            pass leaves unchanged (:mod:`rdprune_mm.upstream_replay`).
     """
 
     unit_noun = 'channel groups'
@@ -110,9 +114,10 @@ class RDChannelPruner(PruningPipeline):
                  latency_budget: Optional[float] = None,
                  latency_shares: Sequence[float] = LATENCY_SHARES,
                  latency_repeats: int = 3,
-                 compensate: Optional[dict] = None) -> None:
-        super().__init__(budget, distortion, min_keep, head_modules,
-                         targets, compensate)
+                 compensate: Optional[dict] = None,
+                 replay_unchanged: bool = True) -> None:
+        super().__init__(budget, distortion, min_keep, head_modules, targets,
+                         compensate, replay_unchanged)
         self.budget_by = check_choice(budget_by, CHANNEL_BUDGET_UNITS,
                                       'pruner.budget_by')
         if latency_budget is not None:

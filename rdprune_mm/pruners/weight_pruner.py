@@ -145,6 +145,10 @@ class RDWeightPruner(PruningPipeline):
             ``w_i^2 * diag(J^T J)_i`` first, from the gradient sketch).
         sketch: ``dict(num_projections=32, seed=0)`` of the gradient sketch
             used by ``curves='taylor'`` and ``ranking='taylor'``.
+        compensate: Post-pruning compensation (see
+            :class:`~rdprune_mm.pipeline.PruningPipeline`); None: off.
+        replay_unchanged: Whether the curves replay the detector parts a
+            pass leaves unchanged (:mod:`rdprune_mm.upstream_replay`).
     """
 
     unit_noun = 'layers'
@@ -161,7 +165,8 @@ class RDWeightPruner(PruningPipeline):
                  curves: str = 'empirical',
                  ranking: str = 'magnitude',
                  sketch: Optional[dict] = None,
-                 compensate: Optional[dict] = None) -> None:
+                 compensate: Optional[dict] = None,
+                 replay_unchanged: bool = True) -> None:
         self.budget_by = check_choice(budget_by, BUDGET_UNITS,
                                       'pruner.budget_by')
         self.curve_estimator = check_choice(curves, CURVE_ESTIMATORS,
@@ -173,8 +178,8 @@ class RDWeightPruner(PruningPipeline):
             raise PruningInputError(
                 f'pruner.sketch={sketch} must be dict(num_projections=<at '
                 'least 1>, seed=<int>)')
-        super().__init__(budget, distortion, min_keep, head_modules,
-                         targets, compensate)
+        super().__init__(budget, distortion, min_keep, head_modules, targets,
+                         compensate, replay_unchanged)
         self.sparsities = sparsity_grid(check_num_levels(num_levels))
         self.resolution = check_positive_int(resolution,
                                              'pruner.resolution')
@@ -325,4 +330,3 @@ class RDWeightPruner(PruningPipeline):
             measure=state.calibration.measure,
             unpruned_distortion=state.calibration.unpruned_distortion,
             seconds=time.perf_counter() - start)
-

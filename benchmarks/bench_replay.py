@@ -53,7 +53,8 @@ def measure(pruner, state, replay: bool):
     cache = CurveCache(None, 'bench', length=len(pruner.sparsities))
     calibration = state.calibration
     start = time.perf_counter()
-    with replaying_unchanged_parts(calibration.head, replay) as replayed:
+    with torch.no_grad(), replaying_unchanged_parts(calibration.head,
+                                                    replay) as replayed:
         curves = measure_curves(state.units, calibration.measure, cache,
                                 calibration.unpruned_distortion)
     return curves, time.perf_counter() - start, replayed

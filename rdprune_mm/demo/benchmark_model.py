@@ -45,7 +45,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         nargs='+',
                         default=[0, 1, 2],
                         help='training seeds, one model each')
-    parser.add_argument('--epochs', type=int, default=6)
+    parser.add_argument(
+        '--epochs',
+        type=int,
+        default=12,
+        help='training epochs (12: where val mAP levels off, see '
+        'docs/benchmark_detector.md)')
     parser.add_argument(
         '--bootstrap',
         type=int,

@@ -22,6 +22,7 @@ second pass over the same batch would otherwise see other inputs.
 from __future__ import annotations
 
 import copy
+import functools
 from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -36,11 +37,29 @@ _SINGLE_STAGE_HEADS = ('pts_bbox_head', 'bbox_head')
 _ROI_SUBHEADS = ('semantic_head', 'bbox_head', 'mask_head')
 
 
+@functools.lru_cache(maxsize=None)
+def sparse_tensor_types() -> tuple:
+    """spconv's ``SparseConvTensor``, imported on first use (``()``
+    without spconv: no object is one)."""
+    try:
+        from spconv.pytorch import SparseConvTensor
+    except ImportError:
+        return ()
+    return (SparseConvTensor, )
+
+
 def clone_tensors(value: Any) -> Any:
     """A copy of nested dicts, lists and tuples whose tensors are cloned
-    (other leaves are shared)."""
+    (other leaves are shared). A sparse tensor gets its own features,
+    indices and index cache (the cached index pairs themselves are shared,
+    never written)."""
     if isinstance(value, torch.Tensor):
         return value.clone()
+    if isinstance(value, sparse_tensor_types()):
+        twin = value.replace_feature(value.features.clone())
+        twin.indices = value.indices.clone()
+        twin.indice_dict = dict(value.indice_dict)
+        return twin
     if isinstance(value, dict):
         return {key: clone_tensors(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

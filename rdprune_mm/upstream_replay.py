@@ -23,7 +23,6 @@ read (attributes of the data samples, say) is not detected; set
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import Counter
 from contextlib import contextmanager
@@ -34,25 +33,14 @@ import torch
 from mmengine.logging import MMLogger
 from torch import nn
 
-from .head_outputs import HeadOutputs
-
-
-@functools.lru_cache(maxsize=None)
-def _sparse_tensor_type() -> tuple:
-    """spconv's ``SparseConvTensor``, imported on first use (``()``
-    without spconv: no object is one)."""
-    try:
-        from spconv.pytorch import SparseConvTensor
-    except ImportError:
-        return ()
-    return (SparseConvTensor, )
+from .head_outputs import HeadOutputs, clone_tensors, sparse_tensor_types
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     """The tensors in nested dicts, lists, tuples and sparse tensors."""
     if isinstance(value, torch.Tensor):
         yield value
-    elif isinstance(value, _sparse_tensor_type()):
+    elif isinstance(value, sparse_tensor_types()):
         yield from (value.features, value.indices)
     elif isinstance(value, dict):
         for item in value.values():
@@ -67,31 +55,13 @@ def _only_tensors(value: Any) -> bool:
     sparse tensors, numbers and None."""
     if isinstance(
             value,
-        (torch.Tensor, *_sparse_tensor_type(), int, float, bool, type(None))):
+        (torch.Tensor, *sparse_tensor_types(), int, float, bool, type(None))):
         return True
     if isinstance(value, dict):
         return all(_only_tensors(item) for item in value.values())
     if isinstance(value, (list, tuple)):
         return all(_only_tensors(item) for item in value)
     return False
-
-
-def _copy(value: Any) -> Any:
-    """A copy of what :func:`_only_tensors` accepts whose tensors are
-    cloned; a sparse tensor gets its own features, indices and index
-    cache (the cached index pairs themselves are shared, never written)."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, _sparse_tensor_type()):
-        copy = value.replace_feature(value.features.clone())
-        copy.indices = value.indices.clone()
-        copy.indice_dict = dict(value.indice_dict)
-        return copy
-    if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copy(item) for item in value)
-    return value
 
 
 def _state_tensors(module: nn.Module) -> List[torch.Tensor]:
@@ -169,7 +139,7 @@ class UpstreamReplay:
             key = (self._batch_id, name, call)
             if key in self._records:
                 self.replayed[name] += 1
-                return _copy(self._records[key])
+                return clone_tensors(self._records[key])
             if name in self._not_replayable:
                 return forward(*args, **kwargs)
             inputs = list(_tensors((args, kwargs)))
@@ -179,7 +149,7 @@ class UpstreamReplay:
                     or not _only_tensors(output)):
                 self._not_replayable.add(name)
             else:
-                self._records[key] = _copy(output)
+                self._records[key] = clone_tensors(output)
                 self.recorded_bytes += sum(
                     t.numel() * t.element_size()
                     for t in _tensors(self._records[key]))

@@ -10,10 +10,13 @@ missing). Every (seed, method, budget) run is ``benchmarks/
 bench_baselines.py``'s: the same calibration frames, the same fine-tuning
 schedule and seed for every method, saved as it finishes, so the benchmark
 runs in parts (``--seeds``, ``--methods``, ``--budgets`` choose one) and a
-rerun skips what is done. The summary over all finished runs, mean and
-spread over seeds, goes to ``--out-dir`` (default ``docs/benchmarks``):
-``quality_<kind>.json``, ``.md`` and ``.png`` (mAP against FLOPs, and
-against the measured speed-up for channels). Example::
+rerun skips what is done. Every finished run is also recorded in
+``--out-dir`` (default ``docs/benchmarks``) as ``quality_<kind>_runs.json``,
+which is committed, so runs of earlier sessions, whose work dirs are gone,
+stay in the summary. The summary over all recorded runs, mean and spread
+over seeds, goes to ``quality_<kind>.json``, ``.md`` and ``.png`` (mAP
+against FLOPs, and against the measured speed-up for channels) beside it.
+Example::
 
     python benchmarks/bench_quality.py --seeds 0 --methods rd lamp \
         --budgets 0.5                       # one part, about an hour here
@@ -141,6 +144,32 @@ def finished_runs(work_dir: str, seed: int) -> dict:
                 runs=runs)
 
 
+def ledger_path(out_dir: str, kind: str) -> str:
+    """The committed record of every finished run of ``kind``, per seed."""
+    return osp.join(out_dir, f'quality_{kind}_runs.json')
+
+
+def add_to_ledger(ledger: dict, seed: int, found: dict,
+                  methods: List[str]) -> None:
+    """Put one seed's work-dir results into ``ledger`` in place.
+
+    The ledger outlives the work dirs (it is committed), so results of
+    earlier sessions stay in the summary. A run found in the work dir
+    replaces the ledger's run of the same method and budget; runs of other
+    methods than ``methods`` are left out.
+    """
+    entry = ledger.setdefault('seeds',
+                              {}).setdefault(str(seed),
+                                             dict(dense=None, runs=[]))
+    if found['dense'] is not None:
+        entry['dense'] = found['dense']
+    runs = {(r['method'], round(r['budget'], 6)): r for r in entry['runs']}
+    for run in found['runs']:
+        if run['method'] in methods:
+            runs[(run['method'], round(run['budget'], 6))] = run
+    entry['runs'] = [runs[key] for key in sorted(runs)]
+
+
 def _mean_std(values: List[float]) -> tuple:
     return (statistics.mean(values),
             statistics.stdev(values) if len(values) > 1 else None)
@@ -150,11 +179,12 @@ def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
     """Mean and spread over seeds per (method, budget), for ``methods``."""
     cells: Dict[tuple, List[dict]] = {}
     for seed, bench in benches.items():
+        dense = bench['dense'] and bench['dense']['Overall']['3D']
         for run in bench['runs']:
             if run['method'] not in methods:
                 continue
             cells.setdefault((run['method'], round(run['budget'], 6)),
-                             []).append(dict(run, seed=seed))
+                             []).append(dict(run, seed=seed, dense_3D=dense))
     dense = [
         b['dense']['Overall']['3D'] for b in benches.values()
         if b['dense'] is not None
@@ -169,6 +199,13 @@ def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
             for kind in ('3D', 'BEV'):
                 row[f'{key}_{kind}'], row[f'{key}_{kind}_std'] = _mean_std(
                     [r[f'ap_{key}']['Overall'][kind] or 0.0 for r in runs])
+        paired = [
+            r['dense_3D'] - (r['ap_finetuned']['Overall']['3D'] or 0.0)
+            for r in runs if r['dense_3D'] is not None
+        ]
+        row['finetuned_3D_below_dense'], row[
+            'finetuned_3D_below_dense_std'] = (_mean_std(paired) if paired else
+                                               (None, None))
         row['finetuned_3D_by_class'] = {
             c: statistics.mean(r['ap_finetuned'][c]['3D'] or 0.0 for r in runs)
             for c in CLASSES
@@ -196,20 +233,25 @@ def table(summary: dict) -> str:
         'AP40) mean ± std over the seeds listed. Dense mAP 3D: ' +
         ('-' if summary['dense_3d'] is None else cell(
             summary['dense_3d'], summary['dense_3d_std'])) +
-        f' (seeds {summary["dense_seeds"]}).', '',
+        f' (seeds {summary["dense_seeds"]}). "Below dense" pairs each seed'
+        "'s fine-tuned mAP 3D with that seed's dense model.", '',
         '| method | FLOPs kept | seeds | mAP 3D one-shot | mAP 3D fine-tuned '
-        '| mAP BEV fine-tuned | ' + ' | '.join(f'{c} 3D' for c in CLASSES) +
-        ' | CPU speed-up |',
-        '|---|---:|---|---:|---:|---:|' + '---:|' * len(CLASSES) + '---:|'
+        '| below dense, fine-tuned | mAP BEV fine-tuned | ' +
+        ' | '.join(f'{c} 3D' for c in CLASSES) + ' | CPU speed-up |',
+        '|---|---:|---|---:|---:|---:|---:|' + '---:|' * len(CLASSES) + '---:|'
     ]
     for row in summary['rows']:
         speedup = ('-' if 'speedup' not in row else
                    cell(row['speedup'], row['speedup_std']) + 'x')
+        below = ('-' if row['finetuned_3D_below_dense'] is None else cell(
+            row['finetuned_3D_below_dense'],
+            row['finetuned_3D_below_dense_std']))
         lines.append(
             f'| {row["method"]} | {row["flops_kept"]:.3f} '
             f'(1/{1 / row["budget"]:.2f}) | {row["seeds"]} | '
             f'{cell(row["oneshot_3D"], row["oneshot_3D_std"])} | '
             f'{cell(row["finetuned_3D"], row["finetuned_3D_std"])} | '
+            f'{below} | '
             f'{cell(row["finetuned_BEV"], row["finetuned_BEV_std"])} | ' +
             ' | '.join(f'{row["finetuned_3D_by_class"][c]:.2f}'
                        for c in CLASSES) + f' | {speedup} |')
@@ -261,10 +303,14 @@ def run(args: argparse.Namespace) -> dict:
             # the model of tools/train_benchmark.py, trained when missing
             seed_job(args.model, seed, print).dense()
             bench_baselines.run(baseline_args(args, seed, args.methods))
-    benches = {
-        seed: finished_runs(args.model.work_dir, seed)
-        for seed in args.seeds
-    }
+    from rdprune_mm.demo.step_dir import read_json
+    ledger_file = ledger_path(args.out_dir, args.kind)
+    ledger = read_json(ledger_file) or dict(seeds={})
+    for seed in args.seeds:
+        add_to_ledger(ledger, seed, finished_runs(args.model.work_dir, seed),
+                      list(KINDS[args.kind][0]))
+    write_json(ledger_file, ledger)
+    benches = {int(seed): bench for seed, bench in ledger['seeds'].items()}
     if not any(b['runs'] for b in benches.values()):
         print('no finished runs to summarize')
         return {}

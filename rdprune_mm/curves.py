@@ -11,15 +11,25 @@ fingerprint of the model, the calibration outputs and the settings: an
 interrupted run resumes at the first unfinished layer and a rerun computes
 nothing.
 
-On several ranks (:mod:`rdprune_mm.distributed`) each rank measures its
-round-robin share of the units not cached yet and writes them to its own
-shard, ``<prefix>-<key[:16]>.rank<r>.json``; the shards are gathered, rank 0
-merges them into the cache and removes them. Shards that an interrupted run
-left are merged by the next run, on any number of ranks.
+On several ranks (:mod:`rdprune_mm.distributed`) the passes are split in
+one of two ways, whichever leaves the busiest rank fewer frames to run:
+
+* by unit: each rank measures its round-robin share of the units not cached
+  yet and writes them to its own shard, ``<prefix>-<key[:16]>.rank<r>.json``;
+  the shards are gathered, rank 0 merges them into the cache and removes
+  them. Shards that an interrupted run left are merged by the next run, on
+  any number of ranks.
+* by frame (when the distortion is a sum over frames,
+  :class:`FrameSplit`): every rank prunes the same unit, runs its
+  round-robin share of the calibration frames and measures their error
+  terms; the terms are gathered after each unit, the distortion is reduced
+  from all frames in their order, and rank 0 writes the unit to the cache.
+  Several frames and few units (or fewer units than ranks) split this way.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import math
@@ -164,6 +174,35 @@ class CurveCache:
             write_json(self.path, dict(key=self.key, curves=self.curves))
 
 
+@dataclasses.dataclass
+class FrameSplit:
+    """A pass's distortion computed from per-frame error terms, so that
+    ranks can share the frames of a pass.
+
+    Attributes:
+        num_frames: Calibration frames of a pass.
+        errors: Runs the model as it is now on the frames of the given
+            indices and returns their error terms, one row per frame.
+        reduce: The distortion from every frame's rows, in frame order.
+    """
+
+    num_frames: int
+    errors: Callable[[Sequence[int]],
+                     torch.Tensor] = dataclasses.field(repr=False)
+    reduce: Callable[[torch.Tensor], float] = dataclasses.field(repr=False)
+
+
+def splits_frames(frames: Optional[FrameSplit], num_units: int,
+                  world_size: int) -> bool:
+    """Whether splitting the frames of each pass leaves the busiest rank
+    fewer frames to run than splitting the units."""
+    if frames is None or world_size < 2 or frames.num_frames < 2:
+        return False
+    by_unit = -(-num_units // world_size) * frames.num_frames
+    by_frame = num_units * -(-frames.num_frames // world_size)
+    return by_frame < by_unit
+
+
 def check_finite(distortion: float, name: str, num_pruned: int) -> float:
     """Refuse a distortion that is NaN or Inf, naming the unit."""
     if not math.isfinite(distortion):
@@ -174,21 +213,23 @@ def check_finite(distortion: float, name: str, num_pruned: int) -> float:
     return float(distortion)
 
 
-def measure_curves(units: Sequence[PruningUnit],
-                   measure: Callable[[], float],
-                   cache: CurveCache,
-                   unpruned_distortion: float = 0.0,
-                   noun: str = 'units') -> Dict[str, np.ndarray]:
+def measure_curves(
+        units: Sequence[PruningUnit],
+        measure: Callable[[], float],
+        cache: CurveCache,
+        unpruned_distortion: float = 0.0,
+        noun: str = 'units',
+        frames: Optional[FrameSplit] = None) -> Dict[str, np.ndarray]:
     """Measure ``D_u(k)`` for every unit ``u`` and level ``k``.
 
     Each unit is pruned alone (:meth:`PruningUnit.pruned`) at every
     distinct level key and the distortion of the head outputs is measured;
     a key of 0 (nothing pruned) reads ``unpruned_distortion``. Every
-    finished unit is written to ``cache`` at once, or on several ranks to
-    the rank's shard: each rank measures a round-robin share of the units
-    that the cache (with the shards of an earlier run) lacks, the ranks
-    meet after every unit (an error on one rank stops them all), and the
-    curves are gathered into the cache on every rank.
+    finished unit is written to ``cache`` at once. On several ranks the
+    units that the cache (with the shards of an earlier run) lacks are
+    split by unit or by frame (see the module docstring), the ranks meet
+    after every unit (an error on one rank stops them all), and the curves
+    are gathered into the cache on every rank.
 
     Args:
         units: What the curves prune.
@@ -197,6 +238,8 @@ def measure_curves(units: Sequence[PruningUnit],
         cache: Curves already measured, and where new ones go.
         unpruned_distortion: ``measure()`` of the unpruned model.
         noun: What the units are, for the log.
+        frames: The same measure from per-frame error terms (None: the
+            frames of a pass are never split across ranks).
 
     Returns:
         dict[str, np.ndarray]: One curve per unit name.
@@ -214,8 +257,11 @@ def measure_curves(units: Sequence[PruningUnit],
     if len(todo) < len(units):
         logger.info(f'curves: {len(units) - len(todo)} of {len(units)} '
                     f'{noun} loaded from {cache.path}')
+    if splits_frames(frames, len(todo), world_size):
+        _measure_by_frame(todo, frames, cache, unpruned_distortion, noun)
+        return {u.name: cache[u.name] for u in units}
     mine = split_round_robin(todo, rank, world_size)
-    passes = sum(len(set(u.level_keys.tolist()) - {0}) for u in mine)
+    passes = sum(len(_distinct_levels(u)) for u in mine)
     if todo:
         share = (f' ({len(mine)} on rank {rank} of {world_size})'
                  if world_size > 1 else '')
@@ -258,6 +304,53 @@ def measure_curves(units: Sequence[PruningUnit],
                 os.remove(written.path)
         dist.barrier()
     return {u.name: cache[u.name] for u in units}
+
+
+def _distinct_levels(unit: PruningUnit) -> List[int]:
+    """The level keys of ``unit`` that need a pass (not 0), in order."""
+    return [key for key in dict.fromkeys(unit.level_keys.tolist()) if key]
+
+
+def _measure_by_frame(todo: Sequence[PruningUnit], frames: FrameSplit,
+                      cache: CurveCache, unpruned_distortion: float,
+                      noun: str) -> None:
+    """:func:`measure_curves` of ``todo`` with every pass's frames split
+    round-robin across the ranks; rank 0 writes each unit to ``cache``."""
+    rank, world_size = get_rank_and_world_size()
+    mine = split_round_robin(list(range(frames.num_frames)), rank, world_size)
+    passes = sum(len(_distinct_levels(u)) for u in todo)
+    MMLogger.get_current_instance().info(
+        f'curves: measuring {len(todo)} {noun}, {passes} passes, the '
+        f'{frames.num_frames} calibration frames of each split across '
+        f'{world_size} ranks ({len(mine)} on rank {rank})')
+    with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(progress_bar(passes)) \
+            if passes and rank == 0 else None
+
+        def my_rows(unit: PruningUnit) -> Dict[int, torch.Tensor]:
+            rows = {}
+            for key in _distinct_levels(unit):
+                with unit.pruned(key):
+                    rows[key] = frames.errors(mine).cpu()
+                if progress is not None:
+                    progress.update()
+            return rows
+
+        for unit in todo:
+            gathered = dist.all_gather_object(
+                run_everywhere(lambda: my_rows(unit)))
+            measured = {0: unpruned_distortion}
+            for key in _distinct_levels(unit):
+                ordered: List[torch.Tensor] = [None] * frames.num_frames
+                for owner, rows in enumerate(gathered):
+                    indices = range(owner, frames.num_frames, world_size)
+                    for index, row in zip(indices, rows[key]):
+                        ordered[index] = row
+                measured[key] = check_finite(
+                    frames.reduce(torch.stack(ordered)), unit.name, key)
+            cache[unit.name] = np.array(
+                [measured[key] for key in unit.level_keys.tolist()],
+                dtype=np.float64)
 
 
 def empirical_curves(targets: Sequence[PruningTarget],

@@ -35,9 +35,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .distortion import HeadTensors, SampleErrors
 from .registry import DISTORTIONS
 
-HeadTensors = Dict[str, torch.Tensor]
 
 _ANCHOR_NAME = re.compile(r'^(?P<head>.+)\.(?P<kind>[012])\.(?P<level>\d+)$')
 
@@ -116,7 +116,7 @@ def _num_anchors(group: OutputGroup, reference: HeadTensors) -> int:
 
 
 @DISTORTIONS.register_module()
-class DecodedDistortion:
+class DecodedDistortion(SampleErrors):
     """Distortion of decoded scores and foreground-weighted boxes.
 
     ``D = mean_g [a_g E_g(score) + (1 - a_g) mean_t E_g(t)]`` over the
@@ -154,40 +154,53 @@ class DecodedDistortion:
                     group.regression) / len(groups)
         return weights
 
-    def _elementwise(self, reference: Sequence[HeadTensors],
-                     outputs: Sequence[HeadTensors]) -> tuple:
-        """Per tensor: summed weighted squared error and reference energy."""
+    def _sample_terms(self, reference: Sequence[HeadTensors],
+                      outputs: Sequence[HeadTensors]) -> tuple:
+        """The groups, the tensor names, and ``[samples, names]`` weighted
+        squared errors and reference energies."""
         if len(reference) != len(outputs) or not reference:
             raise ValueError('reference and outputs must be equally long and '
                              f'non-empty, got {len(reference)} and '
                              f'{len(outputs)}')
         groups = output_groups(list(reference[0]))
-        err: Dict[str, float] = {}
-        energy: Dict[str, float] = {}
+        names = list(self._term_weights(groups))
+        err, energy = [], []
         for ref, out in zip(reference, outputs):
             if sorted(out) != sorted(ref):
                 raise ValueError('head outputs changed their names: '
                                  f'{sorted(out)} != {sorted(ref)}')
+            terms = {}
             for group in groups:
-                for name, (e, n) in _group_terms(group, ref, out).items():
-                    err[name] = err.get(name, 0.0) + e
-                    energy[name] = energy.get(name, 0.0) + n
-        return groups, err, energy
+                terms.update(_group_terms(group, ref, out))
+            err.append([terms[name][0] for name in names])
+            energy.append([terms[name][1] for name in names])
+        return (groups, names, torch.tensor(err, dtype=torch.float64),
+                torch.tensor(energy, dtype=torch.float64))
 
-    def __call__(self, reference: Sequence[HeadTensors],
-                 outputs: Sequence[HeadTensors]) -> float:
-        groups, err, energy = self._elementwise(reference, outputs)
+    def sample_errors(self, reference: Sequence[HeadTensors],
+                      outputs: Sequence[HeadTensors]) -> torch.Tensor:
+        """``[samples, terms]`` weighted squared errors of the decoded
+        scores and boxes (see :meth:`SampleErrors.sample_errors`)."""
+        return self._sample_terms(reference, outputs)[2]
+
+    def reduce(self, reference: Sequence[HeadTensors],
+               errors: torch.Tensor) -> float:
+        """See :meth:`SampleErrors.reduce`."""
+        groups, names, _, energy = self._sample_terms(reference, reference)
         weights = self._term_weights(groups)
+        totals, energies = errors.sum(0), energy.sum(0)
         return float(
-            sum(weights[name] * err[name] / (energy[name] + self.eps)
-                for name in weights))
+            sum(weights[name] * float(totals[j]) /
+                (float(energies[j]) + self.eps)
+                for j, name in enumerate(names)))
 
     def quadratic_weights(
             self, reference: Sequence[HeadTensors]) -> List[HeadTensors]:
         """Per sample, per tensor, per element: the weights ``w`` of
         ``D ~ sum_s sum_t sum w (y_hat - y)^2`` near ``y_hat = y``."""
-        groups, _, energy = self._elementwise(reference, reference)
+        groups, names, _, energies = self._sample_terms(reference, reference)
         term = self._term_weights(groups)
+        energy = dict(zip(names, energies.sum(0).tolist()))
         weights = []
         for ref in reference:
             sample = {}

@@ -8,6 +8,13 @@ Every measure is a weighted sum of squared errors per sample and output
 tensor, reduced over the samples by a sum or a maximum. It says so through
 :meth:`quadratic_weights` and ``sample_reduction``, which is what the
 Taylor curve estimator (:mod:`rdprune_mm.sketch`) needs to approximate it.
+
+A measure is computed in two steps, so that ranks can share the samples:
+``sample_errors(reference, outputs)`` gives one row of error terms per
+sample, computed from that sample alone, and ``reduce(reference, errors)``
+turns the rows of every sample, in order, into the distortion (the
+normalisers come from the whole ``reference``). Calling a measure
+is ``reduce(reference, sample_errors(reference, outputs))``.
 """
 from __future__ import annotations
 
@@ -50,8 +57,30 @@ def error_terms(
     return torch.stack(err), torch.stack(energy), torch.stack(count)
 
 
+class SampleErrors:
+    """Base of the measures: the distortion is :meth:`reduce` of every
+    sample's :meth:`sample_errors` (by default the squared error of each
+    output tensor)."""
+
+    def __call__(self, reference: Sequence[HeadTensors],
+                 outputs: Sequence[HeadTensors]) -> float:
+        return self.reduce(reference, self.sample_errors(reference, outputs))
+
+    def sample_errors(self, reference: Sequence[HeadTensors],
+                      outputs: Sequence[HeadTensors]) -> torch.Tensor:
+        """``[samples, terms]`` error terms, each row from its sample alone
+        (here the squared error of each tensor, sorted by name)."""
+        return error_terms(reference, outputs)[0]
+
+    def reduce(self, reference: Sequence[HeadTensors],
+               errors: torch.Tensor) -> float:
+        """The distortion from the :meth:`sample_errors` rows of every
+        sample of ``reference``, in its order."""
+        raise NotImplementedError
+
+
 @DISTORTIONS.register_module()
-class NormalizedMSE:
+class NormalizedMSE(SampleErrors):
     """Squared error over reference energy, averaged over output tensors.
 
     ``D = mean_t sum_s ||y_st - y_hat_st||^2 / sum_s ||y_st||^2``, so a
@@ -66,10 +95,11 @@ class NormalizedMSE:
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = eps
 
-    def __call__(self, reference: Sequence[HeadTensors],
-                 outputs: Sequence[HeadTensors]) -> float:
-        err, energy, _ = error_terms(reference, outputs)
-        return float((err.sum(0) / (energy.sum(0) + self.eps)).mean())
+    def reduce(self, reference: Sequence[HeadTensors],
+               errors: torch.Tensor) -> float:
+        """See :meth:`SampleErrors.reduce`."""
+        _, energy, _ = error_terms(reference, reference)
+        return float((errors.sum(0) / (energy.sum(0) + self.eps)).mean())
 
     def quadratic_weights(self,
                           reference: Sequence[HeadTensors]) -> torch.Tensor:
@@ -82,15 +112,16 @@ class NormalizedMSE:
 
 
 @DISTORTIONS.register_module()
-class MSE:
+class MSE(SampleErrors):
     """Plain mean squared error over every output element."""
 
     sample_reduction = 'sum'
 
-    def __call__(self, reference: Sequence[HeadTensors],
-                 outputs: Sequence[HeadTensors]) -> float:
-        err, _, count = error_terms(reference, outputs)
-        return float(err.sum() / count.sum())
+    def reduce(self, reference: Sequence[HeadTensors],
+               errors: torch.Tensor) -> float:
+        """See :meth:`SampleErrors.reduce`."""
+        _, _, count = error_terms(reference, reference)
+        return float(errors.sum() / count.sum())
 
     def quadratic_weights(self,
                           reference: Sequence[HeadTensors]) -> torch.Tensor:
@@ -100,7 +131,7 @@ class MSE:
 
 
 @DISTORTIONS.register_module()
-class WorstCaseNormalizedMSE:
+class WorstCaseNormalizedMSE(SampleErrors):
     """The largest per-sample :class:`NormalizedMSE` over the samples.
 
     Args:
@@ -112,10 +143,11 @@ class WorstCaseNormalizedMSE:
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = eps
 
-    def __call__(self, reference: Sequence[HeadTensors],
-                 outputs: Sequence[HeadTensors]) -> float:
-        err, energy, _ = error_terms(reference, outputs)
-        return float((err / (energy + self.eps)).mean(1).max())
+    def reduce(self, reference: Sequence[HeadTensors],
+               errors: torch.Tensor) -> float:
+        """See :meth:`SampleErrors.reduce`."""
+        _, energy, _ = error_terms(reference, reference)
+        return float((errors / (energy + self.eps)).mean(1).max())
 
     def quadratic_weights(self,
                           reference: Sequence[HeadTensors]) -> torch.Tensor:

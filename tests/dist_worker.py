@@ -14,6 +14,8 @@ MODE:
     masks-differ     rank 1 holds other masks than rank 0
     sketch           a gradient sketch of a small model on 3 batches, with
                      the batches this rank sketched and a digest of the rows
+    curves           the curves of a small model's 3 layers on 4 batches,
+                     with the batches this rank ran in curve passes
 
 Writes ``OUT_DIR/rank<r>.json``: the exit code and what the mode records.
 """
@@ -127,6 +129,55 @@ def sketch(record: dict) -> int:
     return 0
 
 
+def toy_curves(record: dict, out_dir: str) -> int:
+    from torch import nn
+
+    from rdprune_mm.curves import CurveCache, FrameSplit, measure_curves
+    from rdprune_mm.distortion import NormalizedMSE
+    from rdprune_mm.distributed import close_distributed, init_distributed
+    from rdprune_mm.masks import magnitude_order, pruned_counts
+    from rdprune_mm.targets import find_targets
+    from rdprune_mm.units import WeightUnit
+    started = init_distributed('pytorch')
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4),
+                              nn.ReLU(), nn.Linear(4, 3))
+        batches = [
+            torch.randn(4, 6, generator=torch.Generator().manual_seed(i))
+            for i in range(4)
+        ]
+        distortion = NormalizedMSE()
+        ran = record.setdefault('ran', [])
+
+        def outputs(indices):
+            ran.extend(indices)
+            return [{'out': model(batches[i])} for i in indices]
+
+        everything = list(range(len(batches)))
+        with torch.no_grad():
+            reference = outputs(everything)
+            ran.clear()
+            frames = FrameSplit(
+                len(batches), lambda indices: distortion.sample_errors(
+                    [reference[i] for i in indices], outputs(indices)),
+                lambda errors: distortion.reduce(reference, errors))
+            units = [
+                WeightUnit(t, magnitude_order(t.weight),
+                           pruned_counts(t.num_params, [0, 0.3, 0.6, 1]))
+                for t in find_targets(model)
+            ]
+            result = measure_curves(
+                units,
+                lambda: distortion(reference, outputs(everything)),
+                CurveCache(osp.join(out_dir, 'cache'), 'key'),
+                frames=frames)
+        record['curves'] = {n: c.tolist() for n, c in result.items()}
+    finally:
+        close_distributed(started)
+    return 0
+
+
 def main() -> int:
     mode, out_dir = sys.argv[1:3]
     argv = sys.argv[4:] if len(sys.argv) > 3 and sys.argv[3] == '--' else []
@@ -147,6 +198,8 @@ def main() -> int:
         rc = masks_differ(record)
     elif mode == 'sketch':
         rc = sketch(record)
+    elif mode == 'curves':
+        rc = toy_curves(record, out_dir)
     else:
         rc = prune_main(argv, prog='prune.py')
     with open(osp.join(out_dir, f'rank{RANK}.json'), 'w') as f:

@@ -1,15 +1,21 @@
 """DecodedDistortion: grouping by head type, hand-computed values, its
 quadratic weights against measured distortions, and Taylor curves with it."""
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from torch import nn
 
+from conftest import QUICK_CENTERPOINT
+from rdprune_mm.apis import build_detector
+from rdprune_mm.calibration import calibration_batches
 from rdprune_mm.curves import CurveCache, empirical_curves, taylor_curves
 from rdprune_mm.decoded_distortion import DecodedDistortion, output_groups
 from rdprune_mm.masks import magnitude_order, sparsity_grid
+from rdprune_mm.pipeline.calibration import calibrate
 from rdprune_mm.registry import DISTORTIONS
 from rdprune_mm.sketch import GradientSketch
 from rdprune_mm.targets import find_targets
@@ -158,3 +164,25 @@ def test_taylor_curves_follow_the_measured_curves():
     np.testing.assert_allclose(taylor['trunk'][1:], empirical['trunk'][1:],
                                rtol=0.15)
     assert empirical['trunk'][2] > empirical['trunk'][1] > 0
+
+
+def test_frames_of_a_pass_measure_what_the_whole_pass_measures():
+    """The per-frame error terms of calibrate() on mmdet3d's CenterPoint:
+    rows of frames run apart are the rows of the whole pass, and their
+    reduction is the whole pass's distortion to the bit, which is what
+    ranks that share a pass's frames rely on."""
+    cfg = Config.fromfile(QUICK_CENTERPOINT)
+    model, _ = build_detector(cfg)
+    batch = calibration_batches(cfg, model, cfg.calibration)[0]
+    calibration = calibrate(model, [batch, copy.deepcopy(batch)], [], None,
+                            DecodedDistortion())
+    frames = calibration.frames
+    weight = model.pts_bbox_head.shared_conv.conv.weight
+    with torch.no_grad():
+        weight.mul_(torch.rand_like(weight) < 0.7)
+        whole = calibration.measure()
+        apart = torch.cat([frames.errors([0]), frames.errors([1])])
+        together = frames.errors([0, 1])
+    assert whole > 0
+    assert torch.equal(apart, together)
+    assert frames.reduce(apart) == whole

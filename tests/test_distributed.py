@@ -253,3 +253,19 @@ def test_sketch_split_across_ranks_equals_one_process(tmp_path):
     assert two[0]['rows'] == two[1]['rows'] == one['rows']
     assert two[0]['row_samples'] == one['row_samples'] == \
         [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_frames_of_each_pass_split_across_ranks_equal_one_process(tmp_path):
+    one, = run_ranks('curves', tmp_path / 'one', world_size=1)
+    two = run_ranks('curves', tmp_path / 'two')
+    assert [one['rc']] + [r['rc'] for r in two] == [0, 0, 0]
+    # 3 layers x 3 levels: 4 frames a pass alone, 2 on each rank
+    assert one['ran'] == [0, 1, 2, 3] * 9
+    assert two[0]['ran'] == [0, 2] * 9 and two[1]['ran'] == [1, 3] * 9
+    assert two[0]['curves'] == one['curves'] == two[1]['curves']
+    assert ('the 4 calibration frames of each split across 2 ranks '
+            '(2 on rank 0)') in two[0]['out'] + two[0]['err']
+    # rank 0 wrote the cache as one process does, and left no shard
+    cache, = glob.glob(str(tmp_path / 'two' / 'cache' / '*.json'))
+    with open(cache) as f:
+        assert json.load(f)['curves'] == two[0]['curves']

@@ -9,6 +9,7 @@ import torch
 from mmengine.logging import MMLogger
 from torch import nn
 
+from ..curves import FrameSplit
 from ..errors import PruningInputError
 from ..fileio import fingerprint
 from ..flops import UseCounter
@@ -27,6 +28,9 @@ class Calibration:
         measure: Runs the calibration set on the model as it is and returns
             the distortion against ``reference``.
         unpruned_distortion: ``measure()`` of the unpruned model.
+        frames: ``measure`` from per-frame error terms, for ranks that
+            share the frames (None: the distortion has no
+            ``sample_errors``).
     """
 
     head: HeadOutputs
@@ -34,6 +38,7 @@ class Calibration:
     uses: Dict[str, torch.Tensor] = field(repr=False)
     measure: Callable[[], float] = field(repr=False)
     unpruned_distortion: float
+    frames: Optional[FrameSplit] = None
 
     def fingerprint(self, model: nn.Module, settings: dict) -> str:
         """Key of what the curves depend on: the model's tensors, the
@@ -96,5 +101,16 @@ def calibrate(model: nn.Module, batches: Sequence[dict],
             f'the unpruned model reproduces its own outputs only to a '
             f'distortion of {unpruned:.3g}: its forward pass is not '
             'deterministic, and curves below that level are noise')
+    frames = None
+    if hasattr(distortion, 'sample_errors'):
+
+        def frame_errors(indices: Sequence[int]) -> torch.Tensor:
+            return distortion.sample_errors(
+                [reference[i] for i in indices],
+                [head(batches[i]) for i in indices])
+
+        frames = FrameSplit(
+            len(batches), frame_errors,
+            lambda errors: distortion.reduce(reference, errors))
     return Calibration(head, reference, counter.uses(len(batches)), measure,
-                       unpruned)
+                       unpruned, frames)

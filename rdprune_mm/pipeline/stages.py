@@ -178,7 +178,8 @@ class PruningPipeline:
                                   state.calibration.measure,
                                   state.cache,
                                   state.calibration.unpruned_distortion,
-                                  noun=self.unit_noun)
+                                  noun=self.unit_noun,
+                                  frames=state.calibration.frames)
 
     def compensate(self, model: nn.Module, batches: Sequence[dict],
                    state: PruningState,

@@ -144,6 +144,11 @@ def finished_runs(work_dir: str, seed: int) -> dict:
                 runs=runs)
 
 
+def cell_key(run: dict) -> tuple:
+    """``(method, budget)`` of a run: the cell it belongs to."""
+    return run['method'], round(run['budget'], 6)
+
+
 def ledger_path(out_dir: str, kind: str) -> str:
     """The committed record of every finished run of ``kind``, per seed."""
     return osp.join(out_dir, f'quality_{kind}_runs.json')
@@ -163,10 +168,10 @@ def add_to_ledger(ledger: dict, seed: int, found: dict,
                                              dict(dense=None, runs=[]))
     if found['dense'] is not None:
         entry['dense'] = found['dense']
-    runs = {(r['method'], round(r['budget'], 6)): r for r in entry['runs']}
+    runs = {cell_key(r): r for r in entry['runs']}
     for run in found['runs']:
         if run['method'] in methods:
-            runs[(run['method'], round(run['budget'], 6))] = run
+            runs[cell_key(run)] = run
     entry['runs'] = [runs[key] for key in sorted(runs)]
 
 
@@ -183,7 +188,7 @@ def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
         for run in bench['runs']:
             if run['method'] not in methods:
                 continue
-            cells.setdefault((run['method'], round(run['budget'], 6)),
+            cells.setdefault(cell_key(run),
                              []).append(dict(run, seed=seed, dense_3D=dense))
     dense = [
         b['dense']['Overall']['3D'] for b in benches.values()

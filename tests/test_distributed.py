@@ -2,14 +2,17 @@
 allocation and masks as one process, resume from a partial cache and shards,
 an error on one rank stopping every rank, the one-line message outside
 torchrun, and RDPruneHook under DDP in mmengine's Runner."""
+import copy
 import glob
 import json
 import os
 import os.path as osp
+import pickle
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,13 +195,60 @@ def test_ranks_with_other_masks_are_refused(tmp_path):
             'rank 1 has other RDPruneHook masks than rank 0')
 
 
+def _two_frame_hook_config(tmp_path):
+    """``HOOK_CONFIG`` calibrating on two frames (the KITTI frame and a
+    copy of it mirrored in y) and pruning three layers: few enough units
+    that the curves split each pass's two frames across two ranks."""
+    lidar = osp.join(REPO, '..', 'shared', 'data', 'lidar')
+    points = np.fromfile(osp.join(lidar, '000008.bin'),
+                         dtype=np.float32).reshape(-1, 4)
+    mirrored = points * np.array([1, -1, 1, 1], dtype=np.float32)
+    mirrored.tofile(tmp_path / 'mirrored.bin')
+    with open(osp.join(lidar, '000008.pkl'), 'rb') as f:
+        infos = pickle.load(f)
+    second = copy.deepcopy(infos['data_list'][0])
+    second['lidar_points']['lidar_path'] = str(tmp_path / 'mirrored.bin')
+    infos['data_list'].append(second)
+    with open(tmp_path / 'two_frames.pkl', 'wb') as f:
+        pickle.dump(infos, f)
+    config = tmp_path / 'hook_two_frames.py'
+    config.write_text(f"""_base_ = [{HOOK_CONFIG!r}]
+custom_hooks = [
+    dict(type='EMAHook', ema_type='mmdet.ExpMomentumEMA', momentum=0.1),
+    dict(type='RDPruneHook',
+         pruner=dict(type='RDWeightPruner', budget=0.5, num_levels=3,
+                     targets=dict(include=[
+                         r'backbone.blocks.0.0$', r'neck.deblocks.0.0$',
+                         r'bbox_head.conv_reg'])),
+         calibration=dict(
+             dataloader='train_dataloader', num_samples=2,
+             skip_transforms=('RandomFlip3D', ),
+             dataset=dict(ann_file={str(tmp_path / 'two_frames.pkl')!r})))
+]
+""")
+    return str(config)
+
+
 def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
+    """Two ranks split each curve pass's two calibration frames and end
+    with the masks one process chooses, held through DDP's steps."""
+    config = _two_frame_hook_config(tmp_path)
     work_dir = str(tmp_path / 'work')
-    ranks = run_ranks('finetune', tmp_path / 'records', [
-        HOOK_CONFIG, '--finetune', '--work-dir', work_dir, '--launcher',
-        'pytorch', '--cfg-options', 'train_cfg.max_iters=2'
-    ])
-    assert [r['rc'] for r in ranks] == [0, 0]
+    argv = [
+        config, '--finetune', '--launcher', 'pytorch', '--cfg-options',
+        'train_cfg.max_iters=2'
+    ]
+    one, = run_ranks(
+        'finetune',
+        tmp_path / 'one',
+        [*argv, '--work-dir', str(tmp_path / 'alone')],
+        world_size=1)
+    ranks = run_ranks('finetune', tmp_path / 'records',
+                      [*argv, '--work-dir', work_dir])
+    assert [one['rc']] + [r['rc'] for r in ranks] == [0, 0, 0]
+    assert ('the 2 calibration frames of each split across 2 ranks '
+            '(1 on rank 0)') in ranks[0]['out'] + ranks[0]['err']
+    assert ranks[0]['iters'][0]['masks'] == one['iters'][0]['masks']
     first, second = (r['iters'] for r in ranks)
     assert [i['iter'] for i in first] == [i['iter'] for i in second] == [
         0, 1

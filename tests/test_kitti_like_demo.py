@@ -22,6 +22,7 @@ import rdprune_mm.demo as demo
 import rdprune_mm.demo.steps as steps
 from rdprune_mm import PruningInputError
 from rdprune_mm.apis import read_checkpoint
+from rdprune_mm.demo.model_store import ModelStore
 from rdprune_mm.demo.report import format_ap
 from rdprune_mm.mim import resolve_config
 
@@ -193,6 +194,54 @@ def test_second_run_reuses_data_model_and_results(demo_cli, first_run,
             demo_cli.main(argv)
     finally:
         os.replace(hidden, record)
+
+
+def test_a_model_kept_in_a_store_is_reused_by_a_fresh_work_dir(
+        first_run, monkeypatch, tmp_path):
+    """The store keeps the trained weights only; a new work dir with the
+    same settings and data restores them instead of training, and other
+    settings or damaged weights are refused with the reason logged."""
+    argv, work, results = first_run
+    messages = []
+    store = ModelStore(str(tmp_path / 'store'), messages.append)
+
+    def job(work_dir, *extra):
+        args = demo.parse_args(argv + ['--work-dir', str(work_dir), *extra])
+        return demo.Job(args, messages.append, store, 'tiny')
+
+    # the first run's model, trained without a store, is kept on reuse
+    job(work).dense()
+    trained = torch.load(results['train']['checkpoint'], weights_only=False)
+    kept = torch.load(tmp_path / 'store' / 'tiny.pth', weights_only=False)
+    assert set(kept) == {'meta', 'state_dict'}
+    assert 'optimizer' in trained
+    assert kept['state_dict'].keys() == trained['state_dict'].keys()
+    for name, tensor in trained['state_dict'].items():
+        assert torch.equal(kept['state_dict'][name], tensor), name
+
+    def fail(*args, **kwargs):
+        raise AssertionError('trained again')
+
+    monkeypatch.setattr(steps, 'train', fail)
+    record = job(tmp_path / 'fresh').dense()
+    assert record['restored_from'] == str(tmp_path / 'store' / 'tiny.pth')
+    assert osp.dirname(record['checkpoint']) == str(tmp_path / 'fresh' /
+                                                    'dense')
+    restored = torch.load(record['checkpoint'], weights_only=False)
+    for name, tensor in trained['state_dict'].items():
+        assert torch.equal(restored['state_dict'][name], tensor), name
+    assert record['seconds'] == results['train']['seconds']
+
+    with pytest.raises(AssertionError, match='trained again'):
+        job(tmp_path / 'longer', '--epochs', '2').dense()
+    assert any('other settings (changed: config_digest' in m for m in messages)
+
+    with open(tmp_path / 'store' / 'tiny.pth', 'r+b') as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b'\0' * 8)
+    with pytest.raises(AssertionError, match='trained again'):
+        job(tmp_path / 'damaged').dense()
+    assert any('does not match its digest' in m for m in messages)
 
 
 def test_changed_training_settings_stop_with_a_clear_error(demo_cli,

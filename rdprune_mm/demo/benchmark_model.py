@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..fileio import write_json, write_text
 from .cli import parse_args as parse_demo_args
 from .job import Job, make_logger
+from .model_store import ModelStore
 from .bootstrap import bootstrap_map
 from .configs import load_config
 from .report import environment, format_ap
@@ -45,6 +46,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         nargs='+',
                         default=[0, 1, 2],
                         help='training seeds, one model each')
+    parser.add_argument(
+        '--model-store',
+        default='benchmarks/models',
+        help='folder where each seed\'s trained model is kept and looked '
+        'for before training (committed, so that a fresh clone reuses it); '
+        '"" for none')
     parser.add_argument(
         '--epochs',
         type=int,
@@ -88,7 +95,8 @@ def seed_job(args: argparse.Namespace, seed: int, log: Any) -> Job:
         '--train-options',
         *seed_train_options(seed),
     ])
-    return Job(demo_args, log)
+    store = ModelStore(args.model_store, log) if args.model_store else None
+    return Job(demo_args, log, store, f'centerpoint_bench_seed{seed}')
 
 
 def seed_train_options(seed: int) -> List[str]:

@@ -15,6 +15,7 @@ from ..fileio import write_json, write_text
 from ..mim import resolve_config
 from . import steps
 from .configs import CLASSES, config_digest, job_options, pruner_settings
+from .model_store import ModelStore
 from .report import environment, format_ap, results_table
 from .step_dir import StepDir, file_digest, read_json
 
@@ -42,10 +43,16 @@ class Job:
     Args:
         args: :func:`rdprune_mm.demo.parse_args` output.
         log: Progress messages (an mmengine logger's ``info``).
+        store: Where the trained dense model is kept and looked for
+            before training (None: nowhere).
+        store_name: The dense model's name in ``store``.
     """
 
-    def __init__(self, args: argparse.Namespace,
-                 log: Callable[[str], Any]) -> None:
+    def __init__(self,
+                 args: argparse.Namespace,
+                 log: Callable[[str], Any],
+                 store: Optional[ModelStore] = None,
+                 store_name: str = 'dense') -> None:
         for path in (args.train_config, args.prune_config):
             if not osp.isfile(resolve_config(path)):
                 raise PruningInputError(
@@ -58,6 +65,8 @@ class Job:
         self.seconds: Dict[str, float] = {}
         self.data_record: Optional[dict] = None
         self.dense_record: Optional[dict] = None
+        self.store = store
+        self.store_name = store_name
 
     def add_time(self, name: str, start: float) -> None:
         """Add the seconds since ``start`` (``time.perf_counter``) to the
@@ -75,7 +84,8 @@ class Job:
         return self.data_record
 
     def dense(self) -> dict:
-        """Train the dense detector, or reuse the one trained before."""
+        """Train the dense detector, or reuse the one trained before (in
+        this work dir, or kept in :attr:`store`)."""
         args = self.args
         if self.data_record is None:
             self.data()
@@ -87,6 +97,7 @@ class Job:
                                             self.options['train']),
                 options=self.options['train'],
                 data=self.data_record['args']))
+        data = {k: self.data_record[k] for k in ('frames', 'labels')}
         start = time.perf_counter()
         record = None if args.overwrite else folder.done
         if record is not None and osp.isfile(record['checkpoint']) and \
@@ -98,13 +109,23 @@ class Job:
             if args.overwrite:
                 folder.clear()
             resume = folder.prepare(False, 'a dense model')
-            self.log('training the dense model in ' + folder.path +
-                     (' (resuming its last checkpoint)' if resume else ''))
-            record = folder.finish(
-                steps.train(args.train_config, self.options['train'],
-                            folder.path, resume))
-            self.log(f'trained in {record["seconds"]:.0f} s: '
-                     f'{record["checkpoint"]}')
+            restored = None
+            if self.store is not None and not resume and not args.overwrite:
+                restored = self.store.restore(self.store_name, folder.settings,
+                                              data, folder.path)
+            if restored is not None:
+                record = folder.finish(restored)
+            else:
+                self.log('training the dense model in ' + folder.path +
+                         (' (resuming its last checkpoint)' if resume else ''))
+                record = folder.finish(
+                    steps.train(args.train_config, self.options['train'],
+                                folder.path, resume))
+                self.log(f'trained in {record["seconds"]:.0f} s: '
+                         f'{record["checkpoint"]}')
+        if self.store is not None and 'restored_from' not in record and \
+                not self.store.holds(self.store_name, folder.settings, data):
+            self.store.save(self.store_name, folder.settings, data, record)
         self.add_time('train', start)
         self.dense_record = record
         return record

@@ -26,6 +26,12 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def changed_keys(before: dict, after: dict) -> list:
+    """The keys whose values differ between two settings dicts, sorted."""
+    return sorted(k for k in set(before) | set(after)
+                  if before.get(k) != after.get(k))
+
+
 def last_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint mmengine's ``last_checkpoint`` file points at.
 
@@ -90,9 +96,7 @@ class StepDir:
                     'choose another --work-dir')
             if saved != self.settings:
                 if not replace:
-                    changed = sorted(
-                        k for k in set(saved) | set(self.settings)
-                        if saved.get(k) != self.settings.get(k))
+                    changed = changed_keys(saved, self.settings)
                     raise PruningInputError(
                         f'{self.path} holds {what} made with other settings '
                         f'(changed: {", ".join(changed)}); pass --overwrite '

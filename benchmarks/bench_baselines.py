@@ -40,6 +40,9 @@ from typing import Any, Dict, List
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = ('rd', 'uniform', 'global', 'lamp', 'erk')
+#: RD pruning in rounds while fine-tuning (``RDPruneHook`` rounds), chosen
+#: by name: it needs two fine-tuning epochs or more.
+ITERATIVE_METHODS = ('rd-iter', )
 #: Channel pruning: RD, and the baselines' (allocation, ranking).
 CHANNEL_METHODS = ('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
                    'taylor-channel')
@@ -54,6 +57,7 @@ CHANNEL_PRUNE_CONFIG = \
     'rdprune_mm::kitti_like/rd-channel_second_tiny_kitti-like.py'
 LABELS = {
     'rd': 'RD',
+    'rd-iter': 'RD, 2 rounds',
     'uniform': 'uniform',
     'global': 'global magnitude',
     'lamp': 'LAMP',
@@ -78,7 +82,7 @@ def is_channel(method: str) -> bool:
 
 
 def method_order(method: str) -> int:
-    return (METHODS + CHANNEL_METHODS).index(method)
+    return (METHODS + ITERATIVE_METHODS + CHANNEL_METHODS).index(method)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,9 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--methods',
         nargs='+',
-        choices=METHODS + CHANNEL_METHODS,
+        choices=METHODS + ITERATIVE_METHODS + CHANNEL_METHODS,
         default=list(METHODS),
-        help='weight methods, or channel methods (not both in one run)')
+        help='weight methods, or channel methods (not both in one run); '
+        'rd-iter (RD in two rounds while fine-tuning) is run only when named')
     parser.add_argument(
         '--latency-frames',
         type=int,
@@ -177,10 +182,30 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
     return parse_demo_args(argv)
 
 
-def method_options(method: str, budget: float, budget_by: str) -> dict:
+def iterative_schedule(budget: float, finetune_epochs: int) -> dict:
+    """``prune_schedule`` of ``rd-iter``: RDPruneHook keeps
+    ``sqrt(budget)`` before fine-tuning and ``budget`` after half of its
+    epochs, with curves measured again on the fine-tuned model."""
+    from rdprune_mm.errors import PruningInputError
+    if finetune_epochs < 2:
+        raise PruningInputError(
+            'rd-iter prunes a second time after half of the fine-tuning; '
+            'give --finetune-epochs 2 or more')
+    return dict(by_epoch=True,
+                rounds=[
+                    dict(at=0, budget=math.sqrt(budget)),
+                    dict(at=finetune_epochs // 2, budget=budget)
+                ])
+
+
+def method_options(method: str, budget: float, budget_by: str,
+                   finetune_epochs: int) -> dict:
     options = {'pruner.budget': budget, 'pruner.budget_by': budget_by}
-    if method == 'rd':
+    if method in ('rd', 'rd-iter'):
         options['pruner.type'] = 'RDWeightPruner'
+        if method == 'rd-iter':
+            options['prune_schedule'] = iterative_schedule(
+                budget, finetune_epochs)
     elif method == 'rd-channel':
         options['pruner.type'] = 'RDChannelPruner'
     elif is_channel(method):
@@ -200,8 +225,9 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
     from rdprune_mm.demo import file_digest, merge_options, read_json
     from rdprune_mm.errors import PruningInputError
     from rdprune_mm.fileio import write_json
-    options = merge_options(job.options['prune'],
-                            method_options(method, budget, args.budget_by))
+    options = merge_options(
+        job.options['prune'],
+        method_options(method, budget, args.budget_by, args.finetune_epochs))
     name = f'{method}-{args.budget_by}-{budget:g}'
     folder = job.pruned_dir(
         osp.join(out_dir, 'runs', name), options, method=method,
@@ -243,14 +269,19 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
                                args.latency_frames)
     totals = pruned['totals']
     achieved = pruned['budget']['achieved']
-    if achieved > budget * (1 + 1e-6):
-        raise PruningInputError(
-            f'{name}: kept {achieved:.4f} of the {args.budget_by}, over the '
-            f'budget {budget}')
+    # the fine-tuned masks: the one-shot ones, or rd-iter's last round's
+    rounds = (tuned.get('masks') or {}).get('rounds') or []
+    achieved_finetuned = rounds[-1]['budget_achieved'] if rounds else achieved
+    for kept in (achieved, achieved_finetuned):
+        if kept > budget * (1 + 1e-6):
+            raise PruningInputError(
+                f'{name}: kept {kept:.4f} of the {args.budget_by}, over the '
+                f'budget {budget}')
     result = dict(method=method,
                   budget=budget,
                   budget_by=args.budget_by,
                   achieved=achieved,
+                  achieved_finetuned=achieved_finetuned,
                   params_kept=totals['params_kept'],
                   flops_kept=totals['flops_kept'],
                   params_after=totals['params_after'],
@@ -350,7 +381,7 @@ def plot(bench: dict, path: str) -> None:
         ('finetuned', 'mAP 3D (moderate), after fine-tuning', False),
     ]
     for ax, (key, title, log_y) in zip(axes, panels):
-        for method in METHODS + CHANNEL_METHODS:
+        for method in METHODS + ITERATIVE_METHODS + CHANNEL_METHODS:
             runs = sorted((r for r in bench['runs'] if r['method'] == method),
                           key=lambda r: -r['budget'])
             if not runs:

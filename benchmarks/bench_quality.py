@@ -1,5 +1,6 @@
 """Accuracy against FLOPs on the benchmark CenterPoint, over training seeds:
-RD weight pruning against uniform, global magnitude, LAMP and ERK
+RD weight pruning, one-shot and in two rounds while fine-tuning
+(``rd-iter``), against uniform, global magnitude, LAMP and ERK
 (``--kind weight``), or RD channel pruning against uniform, global L1
 filter norm, BatchNorm scale and first-order Taylor (Fisher) channel
 importance with the slim models' CPU latency (``--kind channel``), one-shot
@@ -40,7 +41,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 BUDGETS = (1 / 2, 1 / 3, 1 / 3.89, 1 / 6)
 #: Per kind: its methods (``bench_baselines.py``'s) and RD config.
 KINDS = {
-    'weight': (('rd', 'uniform', 'global', 'lamp', 'erk'),
+    'weight': (('rd', 'rd-iter', 'uniform', 'global', 'lamp', 'erk'),
                'rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py'),
     'channel': (('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
                  'taylor-channel'),

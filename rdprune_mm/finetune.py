@@ -31,7 +31,8 @@ def finetune_config(cfg: Config,
     """The config to prune and fine-tune with ``Runner.from_cfg``.
 
     An ``RDPruneHook`` in ``custom_hooks`` is used as it is; otherwise one
-    is added from the config's ``pruner`` and ``calibration``.
+    is added from the config's ``pruner``, ``calibration`` and
+    ``prune_schedule`` (:func:`schedule_of`).
 
     Args:
         cfg: A pruning config (or any training config with the hook).
@@ -46,6 +47,11 @@ def finetune_config(cfg: Config,
     """
     cfg = copy.deepcopy(cfg)
     hooks = list(cfg.get('custom_hooks', None) or [])
+    if has_prune_hook(cfg) and cfg.get('prune_schedule', None):
+        raise PruningInputError(
+            'the config has both an RDPruneHook in custom_hooks and a '
+            'prune_schedule; give the rounds to the hook (rounds=..., '
+            'by_epoch=...) and drop prune_schedule')
     if not has_prune_hook(cfg):
         if 'pruner' not in cfg:
             raise PruningInputError(
@@ -54,11 +60,11 @@ def finetune_config(cfg: Config,
                 "rd_weight_pruning.py'] or custom_hooks = "
                 "[dict(type='RDPruneHook', ...)]")
         hooks.append(
-            dict(
-                type='RDPruneHook',
-                pruner=cfg.pruner,
-                calibration=cfg.get('calibration',
-                                    dict(dataloader='train_dataloader'))))
+            dict(type='RDPruneHook',
+                 pruner=cfg.pruner,
+                 calibration=cfg.get('calibration',
+                                     dict(dataloader='train_dataloader')),
+                 **schedule_of(cfg)))
     if checkpoint is not None and trust_checkpoint:
         checkpoint = TRUSTED_PREFIX + checkpoint
     hooks += distillation_hooks(cfg, hooks, checkpoint)
@@ -69,6 +75,24 @@ def finetune_config(cfg: Config,
     cfg.load_from = latest or checkpoint
     cfg.resume = latest is not None
     return cfg
+
+
+#: The keys of a config's ``prune_schedule``: ``RDPruneHook`` arguments.
+SCHEDULE_KEYS = ('rounds', 'by_epoch')
+
+
+def schedule_of(cfg: Config) -> dict:
+    """The config's ``prune_schedule`` (``rounds``, ``by_epoch``): the
+    iterative rounds of the ``RDPruneHook`` that :func:`finetune_config`
+    adds; empty without one (one round at 0 with ``pruner.budget``)."""
+    schedule = dict(cfg.get('prune_schedule', None) or {})
+    unknown = sorted(set(schedule) - set(SCHEDULE_KEYS))
+    if unknown:
+        raise PruningInputError(
+            f'prune_schedule has unknown keys {unknown}; give '
+            "prune_schedule=dict(rounds=[dict(at=0, budget=0.7), dict(at=2, "
+            "budget=0.5)], by_epoch=True)")
+    return schedule
 
 
 def distillation_hooks(cfg: Config, hooks: list,

@@ -359,6 +359,18 @@ def test_benchmark_runs_every_method_within_every_budget(
     assert bench.main(bench_argv) == 0
 
 
+def test_rd_iter_prunes_in_two_rounds_within_the_finetuning():
+    bench = load_bench()
+    options = bench.method_options('rd-iter', 0.25, 'flops', 4)
+    assert options['pruner.type'] == 'RDWeightPruner'
+    assert options['prune_schedule'] == dict(
+        by_epoch=True,
+        rounds=[dict(at=0, budget=0.5),
+                dict(at=2, budget=0.25)])
+    with pytest.raises(PruningInputError, match='--finetune-epochs 2'):
+        bench.method_options('rd-iter', 0.25, 'flops', 1)
+
+
 def test_channel_benchmark_evaluates_and_times_the_slim_models(
         first_run, monkeypatch, tmp_path):
     """The channel methods prune within the budget, and the evaluations and

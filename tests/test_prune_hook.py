@@ -218,3 +218,37 @@ def test_masks_hold_through_loss_scaling_steps():
     assert (model[0].weight[mask] != 0).all()
     hook.after_run(runner)
     assert not hook._step_handles
+
+
+def test_prune_schedule_gives_the_added_hook_its_rounds(tmp_path, capsys):
+    """``tools/prune.py --finetune`` adds RDPruneHook from the config's
+    pruner; the config's ``prune_schedule`` makes it prune in two rounds,
+    and an unknown key is refused in one line."""
+    prune_tool = load_tool('prune')
+    cfg = Config.fromfile(CONFIG)
+    ema, hook = cfg.custom_hooks
+    cfg.custom_hooks = [ema]
+    cfg.pruner = hook['pruner']
+    cfg.calibration = hook['calibration']
+    cfg.prune_schedule = dict(
+        rounds=[dict(at=0, budget=0.6),
+                dict(at=2, budget=0.36)])
+    config = str(tmp_path / 'scheduled.py')
+    cfg.dump(config)
+    work_dir = tmp_path / 'work'
+    assert prune_tool.main([config, '--finetune', '--work-dir',
+                            str(work_dir)]) == 0
+    history = read_checkpoint(str(work_dir /
+                                  'iter_4.pth'))[CHECKPOINT_KEY]['history']
+    assert [(r['at'], r['budget_asked']) for r in history] == [(0, 0.6),
+                                                               (2, 0.36)]
+    assert history[1]['budget_achieved'] <= 0.36 < history[0][
+        'budget_achieved'] <= 0.6
+
+    cfg.prune_schedule = dict(rounds=[dict(at=0, budget=0.6)], by_iter=True)
+    cfg.dump(config)
+    assert prune_tool.main(
+        [config, '--finetune', '--work-dir',
+         str(tmp_path / 'refused')]) == 2
+    assert "prune_schedule has unknown keys ['by_iter']" in \
+        capsys.readouterr().err

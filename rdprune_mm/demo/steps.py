@@ -299,8 +299,9 @@ def check_masks(checkpoint: str, pruned: Optional[str] = None) -> dict:
 
     Returns:
         dict: Masked layers, pruned weights, pruned weights that are not
-        zero (always 0) and ``same_as_one_shot`` (``None`` without
-        ``pruned``).
+        zero (always 0), ``same_as_one_shot`` (``None`` without
+        ``pruned``) and the hook's ``rounds`` (iteration or epoch, budget
+        asked and achieved, measured distortion).
 
     Raises:
         PruningInputError: The checkpoint has no masks, or a pruned weight
@@ -330,11 +331,16 @@ def check_masks(checkpoint: str, pruned: Optional[str] = None) -> dict:
         same = all(
             torch.equal(one_shot[f'{n}.weight'] != 0, m)
             for n, m in masks.items())
-    return dict(
-        layers=len(masks),
-        pruned_weights=pruned_weights,
-        nonzero_pruned_weights=nonzero,
-        same_as_one_shot=same)
+    history = (loaded.get('rdprune_mm') or {}).get('history') or []
+    return dict(layers=len(masks),
+                pruned_weights=pruned_weights,
+                nonzero_pruned_weights=nonzero,
+                same_as_one_shot=same,
+                rounds=[{
+                    k: r.get(k)
+                    for k in ('at', 'budget_asked', 'budget_achieved',
+                              'measured_distortion')
+                } for r in history])
 
 
 def check_structure(checkpoint: str, slim: str) -> dict:

@@ -326,11 +326,13 @@ def _f(value, digits: int = 2) -> str:
 def results_table(bench: dict) -> str:
     unit = bench['budget_by']
     dense = bench['dense']['ap']
+    measure = bench.get('pruner', {}).get('distortion',
+                                          {}).get('type', 'NormalizedMSE')
     lines = [
         f'Dense model: mAP 3D {_f(dense["Overall"]["3D"])}, BEV '
         f'{_f(dense["Overall"]["BEV"])}; Car 3D {_f(dense["Car"]["3D"])} '
         '(moderate, AP40). Budget: share of the prunable layers\' '
-        f'{unit} kept. Distortion: NormalizedMSE of the head outputs on the '
+        f'{unit} kept. Distortion: {measure} of the head outputs on the '
         'calibration frames, before fine-tuning.',
         '',
         '| method | keep (' + unit + ') | reduction | achieved | weights '

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import pickle
 import re
 import sys
 
@@ -242,6 +243,60 @@ def test_a_model_kept_in_a_store_is_reused_by_a_fresh_work_dir(
     with pytest.raises(AssertionError, match='trained again'):
         job(tmp_path / 'damaged').dense()
     assert any('does not match its digest' in m for m in messages)
+
+
+def test_a_larger_val_set_is_evaluated_beside_the_training_data(
+        first_run, monkeypatch, tmp_path):
+    """``--eval-num-val`` simulates a second data root whose first val
+    frames are the training root's (same files, same ground truth): the
+    trained model is reused, and the evaluation on the small set is
+    kept."""
+    argv, work, results = first_run
+    data_root = argv[argv.index('--data-root') + 1]
+
+    def fail(*args, **kwargs):
+        raise AssertionError('trained again')
+
+    monkeypatch.setattr(steps, 'train', fail)
+    messages = []
+    args = demo.parse_args(argv + ['--eval-num-val', '3'])
+    job = demo.Job(args, messages.append)
+    job.data()
+    dense = job.dense()
+    record = job.evaluation(str(work / 'eval_dense'), 'the dense model',
+                            dense['checkpoint'], dense['checkpoint_digest'],
+                            'eval_dense')
+    eval_root = f'{data_root}_val3'
+    assert job.eval_ann_file == f'{eval_root}/kitti_infos_val.pkl'
+    assert osp.dirname(record['predictions']) == f'{work}/eval_dense_val3'
+    for name in ('000002', '000003'):  # the training root's val frames
+        for folder in ('velodyne', 'label_2'):
+            ext = 'bin' if folder == 'velodyne' else 'txt'
+            with open(f'{data_root}/training/{folder}/{name}.{ext}',
+                      'rb') as small, open(
+                          f'{eval_root}/training/{folder}/{name}.{ext}',
+                          'rb') as large:
+                assert small.read() == large.read()
+
+    # KittiMetric's ground truth: the small set's frames lead the large one
+    small_infos = load(f'{data_root}/kitti_infos_val.pkl')['data_list']
+    large_infos = load(job.eval_ann_file)['data_list']
+    assert len(small_infos) == 2 and len(large_infos) == 3
+    assert large_infos[:2] == small_infos
+    with open(record['predictions'], 'rb') as f:
+        assert len(pickle.load(f)) == 3
+    # the evaluation on the training root's val frames is still there
+    again = demo.Job(demo.parse_args(argv), messages.append)
+    again.data()
+    again.dense()
+    kept = again.evaluation(str(work / 'eval_dense'), 'the dense model',
+                            dense['checkpoint'], dense['checkpoint_digest'],
+                            'eval_dense')
+    assert kept['predictions'] == results['eval_dense']['predictions']
+    assert 'KittiMetric of the dense model: done before, reused' in messages
+
+    with pytest.raises(PruningInputError, match='fewer than the 2 val'):
+        demo.Job(demo.parse_args(argv + ['--eval-num-val', '1']), print)
 
 
 def test_changed_training_settings_stop_with_a_clear_error(demo_cli,

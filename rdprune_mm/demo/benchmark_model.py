@@ -37,6 +37,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--config', default=BENCHMARK_CONFIG)
     parser.add_argument('--num-train', type=int, default=400)
     parser.add_argument('--num-val', type=int, default=400)
+    parser.add_argument(
+        '--eval-num-val',
+        type=int,
+        default=None,
+        help='evaluate on this many val frames, simulated into '
+        '<data-root>_val<N> with the same seed and train frames (the '
+        'training data, and so the kept models, stay as they are); '
+        'default: the data root\'s --num-val frames')
     parser.add_argument('--data-seed',
                         type=int,
                         default=1,
@@ -88,6 +96,8 @@ def seed_job(args: argparse.Namespace, seed: int, log: Any) -> Job:
         str(args.num_val),
         '--seed',
         str(args.data_seed),
+        *([] if args.eval_num_val is None else
+          ['--eval-num-val', str(args.eval_num_val)]),
         '--train-config',
         args.config,
         '--epochs',
@@ -150,17 +160,19 @@ def run(args: argparse.Namespace) -> dict:
         spread = None
         if args.bootstrap and evaluations:
             last = max(evaluations)
-            spread = frame_bootstrap(
-                evaluations[last]['predictions'],
-                osp.join(args.data_root, 'kitti_infos_val.pkl'),
-                dataset_classes(args.config), args.bootstrap)
+            spread = frame_bootstrap(evaluations[last]['predictions'],
+                                     job.eval_ann_file,
+                                     dataset_classes(args.config),
+                                     args.bootstrap)
             log(f'seed {seed} epoch {last}: mAP 3D '
                 f'{spread["map"]["3D"]:.2f}, bootstrap std over '
-                f'{spread["frames"]} val frames {spread["std"]["3D"]:.2f}')
+                f'{spread["frames"]} val frames {spread["std"]["3D"]:.2f} '
+                f'(BEV {spread["std"]["BEV"]:.2f})')
         models.append(
             dict(seed=seed,
                  checkpoint=dense['checkpoint'],
                  train_seconds=dense['seconds'],
+                 val_frames=args.eval_num_val or args.num_val,
                  evaluations=evaluations,
                  bootstrap=spread))
     summary = dict(args=vars(args), models=models, environment=environment())
@@ -195,11 +207,11 @@ def frame_bootstrap(predictions: str, ann_file: str, classes: List[str],
 
 
 def summary_table(models: List[dict]) -> str:
-    """Markdown: mAP 3D and BEV (moderate AP40) per seed and epoch, with the
-    bootstrap spread over val frames of the last epoch."""
+    """Markdown: mAP 3D and BEV (moderate AP40) per seed and epoch on the
+    val frames, with the bootstrap spread over them of the last epoch."""
     lines = [
-        '| seed | epoch | mAP 3D | mAP BEV | bootstrap std 3D / BEV | '
-        'train s |', '|---:|---:|---:|---:|---:|---:|'
+        '| seed | epoch | val frames | mAP 3D | mAP BEV | bootstrap std 3D / '
+        'BEV | train s |', '|---:|---:|---:|---:|---:|---:|---:|'
     ]
     for model in models:
         last = max(model['evaluations'], default=None)
@@ -209,6 +221,7 @@ def summary_table(models: List[dict]) -> str:
             std = '-' if spread is None or epoch != last else (
                 f'{spread["std"]["3D"]:.2f} / {spread["std"]["BEV"]:.2f}')
             lines.append(f'| {model["seed"]} | {epoch} | '
+                         f'{model.get("val_frames", "-")} | '
                          f'{format_ap(ap["3D"])} | {format_ap(ap["BEV"])} | '
                          f'{std} | {model["train_seconds"]:.0f} |')
     return '\n'.join(lines) + '\n'

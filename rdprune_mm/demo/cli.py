@@ -25,6 +25,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--num-val', type=int, default=50, help='simulated val frames')
     parser.add_argument(
         '--seed', type=int, default=0, help='seed of the data simulation')
+    parser.add_argument(
+        '--eval-num-val',
+        type=int,
+        default=None,
+        help='evaluate on this many val frames, simulated into '
+        '<data-root>_val<N> with the same seed and train frames (its first '
+        '--num-val val frames are the data root\'s); default: the data '
+        'root\'s val frames')
     parser.add_argument('--train-config', default=TRAIN_CONFIG)
     parser.add_argument('--prune-config', default=PRUNE_CONFIG)
     parser.add_argument(

@@ -155,19 +155,45 @@ def merge_options(*options: Optional[dict]) -> dict:
     return merged
 
 
+def eval_data_root(args: argparse.Namespace) -> Optional[str]:
+    """The data root of the evaluations when ``--eval-num-val`` asks for
+    more val frames than the training data root holds: the same simulation
+    (seed and train frames) with more val frames, so that its first
+    ``--num-val`` val frames are the training root's. ``None``: evaluate on
+    the training data root.
+
+    Args:
+        args: :func:`rdprune_mm.demo.parse_args` output.
+    """
+    num_val = getattr(args, 'eval_num_val', None)
+    if num_val is None:
+        return None
+    if num_val < args.num_val:
+        raise PruningInputError(
+            f'--eval-num-val {num_val} is fewer than the {args.num_val} val '
+            f'frames of {args.data_root}; give more, or leave it out to '
+            'evaluate on those')
+    return f'{osp.normpath(args.data_root)}_val{num_val}'
+
+
 def job_options(args: argparse.Namespace) -> Dict[str, dict]:
-    """The options of the training/evaluation config and of the pruning
-    config.
+    """The options of the training config, of its evaluations and of the
+    pruning config.
 
     Args:
         args: :func:`rdprune_mm.demo.parse_args` output.
 
     Returns:
-        dict: ``train`` and ``prune`` options.
+        dict: ``train``, ``eval`` and ``prune`` options. ``eval`` are the
+        training options re-pointed to :func:`eval_data_root` when there is
+        one.
     """
     train = merge_options(
         data_root_options(args.train_config, args.data_root),
         schedule_options(args.epochs), parse_cfg_options(args.train_options))
+    eval_root = eval_data_root(args)
+    evaluation = train if eval_root is None else merge_options(
+        train, data_root_options(args.train_config, eval_root))
     prune = merge_options(
         data_root_options(args.prune_config, args.data_root),
         schedule_options(args.finetune_epochs),
@@ -176,7 +202,7 @@ def job_options(args: argparse.Namespace) -> Dict[str, dict]:
         prune['pruner.budget'] = args.budget
     if args.budget_by is not None:
         prune['pruner.budget_by'] = args.budget_by
-    return dict(train=train, prune=prune)
+    return dict(train=train, eval=evaluation, prune=prune)
 
 
 def pruner_settings(config: str, options: dict) -> dict:

@@ -14,7 +14,8 @@ from ..errors import PruningInputError
 from ..fileio import write_json, write_text
 from ..mim import resolve_config
 from . import steps
-from .configs import CLASSES, config_digest, job_options, pruner_settings
+from .configs import (CLASSES, config_digest, eval_data_root, job_options,
+                      pruner_settings)
 from .model_store import ModelStore
 from .report import environment, format_ap, results_table
 from .step_dir import StepDir, file_digest, read_json
@@ -62,6 +63,7 @@ class Job:
         self.log = log
         self.work_dir = args.work_dir
         self.options = job_options(args)
+        self.eval_root = eval_data_root(args)
         self.seconds: Dict[str, float] = {}
         self.data_record: Optional[dict] = None
         self.dense_record: Optional[dict] = None
@@ -80,8 +82,22 @@ class Job:
         start = time.perf_counter()
         self.data_record = steps.make_data(args.data_root, args.num_train,
                                            args.num_val, args.seed, self.log)
+        if self.eval_root is not None:
+            self.log(f'evaluation data: {self.eval_root} '
+                     f'({args.eval_num_val} val frames; the first '
+                     f'{args.num_val} are those of {args.data_root})')
+            self.data_record['eval'] = steps.make_data(self.eval_root,
+                                                       args.num_train,
+                                                       args.eval_num_val,
+                                                       args.seed, self.log)
         self.add_time('data', start)
         return self.data_record
+
+    @property
+    def eval_ann_file(self) -> str:
+        """The val info file the evaluations use."""
+        return osp.join(self.eval_root or self.args.data_root,
+                        'kitti_infos_val.pkl')
 
     def dense(self) -> dict:
         """Train the dense detector, or reuse the one trained before (in
@@ -137,10 +153,13 @@ class Job:
                    digest: str,
                    name: str = 'eval',
                    structure: Optional[str] = None) -> dict:
-        """KittiMetric of ``checkpoint`` (reused when done before).
+        """KittiMetric of ``checkpoint`` (reused when done before), on the
+        evaluation data root's val frames.
 
         Args:
-            path: The evaluation's folder.
+            path: The evaluation's folder (``_val<N>`` is appended when
+                ``--eval-num-val`` asks for another val set, so that the
+                evaluations of each set are kept).
             what: The model, for the log.
             checkpoint: The model to evaluate.
             digest: The checkpoint's :func:`file_digest`.
@@ -150,12 +169,14 @@ class Job:
         Returns:
             dict: :func:`rdprune_mm.demo.steps.evaluate`'s result.
         """
+        if self.eval_root is not None:
+            path = f'{path}_val{self.args.eval_num_val}'
         folder = StepDir(
             path,
             dict(checkpoint=checkpoint,
                  checkpoint_digest=digest,
                  config_digest=config_digest(self.args.train_config,
-                                             self.options['train']),
+                                             self.options['eval']),
                  **({} if structure is None else dict(
                      structure_digest=file_digest(structure)))))
         start = time.perf_counter()
@@ -167,7 +188,7 @@ class Job:
             self.log(f'KittiMetric of {what} ({checkpoint})')
             record = folder.finish(
                 steps.evaluate(self.args.train_config,
-                               self.options['train'],
+                               self.options['eval'],
                                checkpoint,
                                folder.path,
                                name,

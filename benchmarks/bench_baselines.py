@@ -102,6 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument(
         '--seed', type=int, default=0, help='seed of the data simulation')
+    parser.add_argument(
+        '--eval-num-val',
+        type=int,
+        help='evaluate on this many val frames (the demo\'s option: a '
+        'second data root with the same train frames); results are kept '
+        'per val set')
     parser.add_argument('--train-config', default=TRAIN_CONFIG)
     parser.add_argument(
         '--prune-config',
@@ -173,6 +179,8 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
     ]
     if args.epochs is not None:
         argv += ['--epochs', str(args.epochs)]
+    if args.eval_num_val is not None:
+        argv += ['--eval-num-val', str(args.eval_num_val)]
     if args.train_options:
         argv += ['--train-options', *args.train_options]
     if args.prune_options:
@@ -232,7 +240,8 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
     folder = job.pruned_dir(
         osp.join(out_dir, 'runs', name), options, method=method,
         budget=budget)
-    done = read_json(osp.join(folder.path, 'result.json'))
+    result_file = osp.join(folder.path, f'result{job.eval_suffix}.json')
+    done = read_json(result_file)
     if not args.overwrite and done is not None and \
             done.get('settings') == folder.settings:
         job.log(f'{name}: finished before, reused')
@@ -293,11 +302,10 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
                   masks_held=tuned.get('masks'),
                   structure_held=tuned.get('structure'),
                   latency=latency,
+                  val_frames=job.val_frames,
                   prune_seconds=pruned['seconds'],
                   seconds=time.perf_counter() - start)
-    write_json(
-        osp.join(folder.path, 'result.json'),
-        dict(settings=folder.settings, result=result))
+    write_json(result_file, dict(settings=folder.settings, result=result))
     return result
 
 
@@ -331,7 +339,8 @@ def results_table(bench: dict) -> str:
     lines = [
         f'Dense model: mAP 3D {_f(dense["Overall"]["3D"])}, BEV '
         f'{_f(dense["Overall"]["BEV"])}; Car 3D {_f(dense["Car"]["3D"])} '
-        '(moderate, AP40). Budget: share of the prunable layers\' '
+        f'(moderate, AP40, {bench.get("val_frames", "the")} val frames). '
+        'Budget: share of the prunable layers\' '
         f'{unit} kept. Distortion: {measure} of the head outputs on the '
         'calibration frames, before fine-tuning.',
         '',
@@ -441,23 +450,24 @@ def run(args: argparse.Namespace) -> dict:
             runs.append(run_one(job, method, budget, args, out_dir))
     cfg = load_config(args.prune_config, job.options['prune'])
     train_cfg = load_config(args.train_config, job.options['train'])
-    bench = dict(
-        budget_by=args.budget_by,
-        budgets=args.budgets,
-        methods=args.methods,
-        finetune_epochs=args.finetune_epochs,
-        dense=dict(checkpoint=dense['checkpoint'], ap=dense_eval['ap']),
-        runs=runs,
-        seeds=dict(
-            data=args.seed,
-            training=train_cfg.get('randomness', {}).get('seed'),
-            finetuning=cfg.get('randomness', {}).get('seed'),
-            sketch=cfg.pruner.get('sketch', {}).get('seed')),
-        pruner=cfg.pruner.to_dict(),
-        calibration=cfg.calibration.to_dict(),
-        environment=environment(),
-        seconds=dict(job.seconds, total=time.perf_counter() - begin),
-        args=vars(args))
+    bench = dict(budget_by=args.budget_by,
+                 budgets=args.budgets,
+                 methods=args.methods,
+                 finetune_epochs=args.finetune_epochs,
+                 dense=dict(checkpoint=dense['checkpoint'],
+                            ap=dense_eval['ap']),
+                 val_frames=job.val_frames,
+                 runs=runs,
+                 seeds=dict(data=args.seed,
+                            training=train_cfg.get('randomness',
+                                                   {}).get('seed'),
+                            finetuning=cfg.get('randomness', {}).get('seed'),
+                            sketch=cfg.pruner.get('sketch', {}).get('seed')),
+                 pruner=cfg.pruner.to_dict(),
+                 calibration=cfg.calibration.to_dict(),
+                 environment=environment(),
+                 seconds=dict(job.seconds, total=time.perf_counter() - begin),
+                 args=vars(args))
     table = results_table(bench)
     write_text(osp.join(out_dir, 'results.md'), table)
     write_json(osp.join(out_dir, 'results.json'), bench)

@@ -125,19 +125,32 @@ def baseline_args(args: argparse.Namespace, seed: int,
         '--train-options',
         *seed_train_options(seed),
     ]
+    if model.eval_num_val is not None:
+        argv += ['--eval-num-val', str(model.eval_num_val)]
     return bench_baselines.parse_args(argv)
 
 
-def finished_runs(work_dir: str, seed: int) -> dict:
+def val_suffix(model: argparse.Namespace) -> str:
+    """What the files of one val set carry: ``''`` for the data root's val
+    frames, ``_val<N>`` for ``--eval-num-val N`` (records of different val
+    sets are never mixed)."""
+    if model.eval_num_val in (None, model.num_val):
+        return ''
+    return f'_val{model.eval_num_val}'
+
+
+def finished_runs(work_dir: str, seed: int, suffix: str = '') -> dict:
     """One seed's dense mAP and every finished run of bench_baselines
-    under its model's work dir (all parts, whichever invocation ran them)."""
+    under its model's work dir (all parts, whichever invocation ran them),
+    on the val set of :func:`val_suffix` ``suffix``."""
     from rdprune_mm.demo.step_dir import DONE_FILE, read_json
     seed_dir = osp.join(work_dir, f'seed{seed}')
-    dense = read_json(osp.join(seed_dir, 'eval_dense', DONE_FILE))
+    dense = read_json(osp.join(seed_dir, f'eval_dense{suffix}', DONE_FILE))
     runs = []
     for path in sorted(
-            glob.glob(osp.join(seed_dir, 'quality', 'runs', '*',
-                               'result.json'))):
+            glob.glob(
+                osp.join(seed_dir, 'quality', 'runs', '*',
+                         f'result{suffix}.json'))):
         record = read_json(path)
         if record is not None:
             runs.append(record['result'])
@@ -150,9 +163,10 @@ def cell_key(run: dict) -> tuple:
     return run['method'], round(run['budget'], 6)
 
 
-def ledger_path(out_dir: str, kind: str) -> str:
-    """The committed record of every finished run of ``kind``, per seed."""
-    return osp.join(out_dir, f'quality_{kind}_runs.json')
+def ledger_path(out_dir: str, kind: str, suffix: str = '') -> str:
+    """The committed record of every finished run of ``kind`` on one val
+    set (:func:`val_suffix`), per seed."""
+    return osp.join(out_dir, f'quality_{kind}{suffix}_runs.json')
 
 
 def add_to_ledger(ledger: dict, seed: int, found: dict,
@@ -236,7 +250,8 @@ def table(summary: dict) -> str:
 
     lines = [
         'Benchmark CenterPoint, built-in KITTI-layout data; mAP (moderate, '
-        'AP40) mean ± std over the seeds listed. Dense mAP 3D: ' +
+        f'AP40, {summary.get("val_frames", 400)} val frames) mean ± std over '
+        'the seeds listed. Dense mAP 3D: ' +
         ('-' if summary['dense_3d'] is None else cell(
             summary['dense_3d'], summary['dense_3d_std'])) +
         f' (seeds {summary["dense_seeds"]}). "Below dense" pairs each seed'
@@ -310,10 +325,13 @@ def run(args: argparse.Namespace) -> dict:
             seed_job(args.model, seed, print).dense()
             bench_baselines.run(baseline_args(args, seed, args.methods))
     from rdprune_mm.demo.step_dir import read_json
-    ledger_file = ledger_path(args.out_dir, args.kind)
+    suffix = val_suffix(args.model)
+    ledger_file = ledger_path(args.out_dir, args.kind, suffix)
     ledger = read_json(ledger_file) or dict(seeds={})
+    ledger['val_frames'] = args.model.eval_num_val or args.model.num_val
     for seed in args.seeds:
-        add_to_ledger(ledger, seed, finished_runs(args.model.work_dir, seed),
+        add_to_ledger(ledger, seed,
+                      finished_runs(args.model.work_dir, seed, suffix),
                       list(KINDS[args.kind][0]))
     write_json(ledger_file, ledger)
     benches = {int(seed): bench for seed, bench in ledger['seeds'].items()}
@@ -324,7 +342,8 @@ def run(args: argparse.Namespace) -> dict:
     if not summary['rows']:
         print(f'no finished {args.kind} runs to summarize')
         return {}
-    name = osp.join(args.out_dir, f'quality_{args.kind}')
+    summary['val_frames'] = ledger['val_frames']
+    name = osp.join(args.out_dir, f'quality_{args.kind}{suffix}')
     write_json(name + '.json', summary)
     write_text(name + '.md', table(summary))
     plot(summary, name + '.png')

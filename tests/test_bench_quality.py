@@ -121,3 +121,42 @@ def test_summary_keeps_seeds_of_earlier_sessions(bench_quality, tmp_path):
     table = (out_dir / 'quality_weight.md').read_text()
     assert '| rd | 0.500 (1/2.00) | [0, 1] |' in table
     assert (out_dir / 'quality_weight.png').stat().st_size > 0
+
+
+def test_each_val_set_has_its_own_record(bench_quality, tmp_path):
+    """Runs evaluated on --eval-num-val frames are summarized apart from
+    those on the data root's val frames, each against the dense model
+    evaluated on the same frames."""
+    out_dir, work_dir = tmp_path / 'docs', tmp_path / 'work'
+    seed1 = work_dir / 'seed1'
+    run_dir = seed1 / 'quality' / 'runs' / 'rd-flops-0.5'
+    write(str(seed1 / 'eval_dense' / 'demo_done.json'),
+          dict(result=dict(ap=ap(66.0))))
+    write(str(seed1 / 'eval_dense_val2000' / 'demo_done.json'),
+          dict(result=dict(ap=ap(67.0))))
+    write(str(run_dir / 'result.json'),
+          dict(result=run_record('rd', 0.5, 58.0, 65.0)))
+    write(str(run_dir / 'result_val2000.json'),
+          dict(result=run_record('rd', 0.5, 59.0, 66.5)))
+
+    def summary(*extra):
+        return bench_quality.run(
+            bench_quality.parse_args([
+                '--summary-only', '--seeds', '1', '--out-dir',
+                str(out_dir), '--work-dir',
+                str(work_dir), *extra
+            ]))
+
+    (large, ) = summary('--eval-num-val', '2000')['rows']
+    assert large['finetuned_3D'] == 66.5
+    assert large['finetuned_3D_below_dense'] == pytest.approx(0.5)
+    assert not (out_dir / 'quality_weight_runs.json').exists()
+    with open(out_dir / 'quality_weight_val2000_runs.json') as f:
+        assert json.load(f)['val_frames'] == 2000
+    assert '2000 val frames' in (out_dir /
+                                 'quality_weight_val2000.md').read_text()
+
+    (small, ) = summary()['rows']
+    assert small['finetuned_3D'] == 65.0
+    assert small['finetuned_3D_below_dense'] == pytest.approx(1.0)
+    assert '400 val frames' in (out_dir / 'quality_weight.md').read_text()

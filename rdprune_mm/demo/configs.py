@@ -166,7 +166,7 @@ def eval_data_root(args: argparse.Namespace) -> Optional[str]:
         args: :func:`rdprune_mm.demo.parse_args` output.
     """
     num_val = getattr(args, 'eval_num_val', None)
-    if num_val is None:
+    if num_val is None or num_val == args.num_val:
         return None
     if num_val < args.num_val:
         raise PruningInputError(

@@ -94,6 +94,17 @@ class Job:
         return self.data_record
 
     @property
+    def val_frames(self) -> int:
+        """Val frames of the evaluations."""
+        return getattr(self.args, 'eval_num_val', None) or self.args.num_val
+
+    @property
+    def eval_suffix(self) -> str:
+        """``_val<N>`` when the evaluations use another val set than the
+        data root's (their folders and records carry it), else ``''``."""
+        return '' if self.eval_root is None else f'_val{self.val_frames}'
+
+    @property
     def eval_ann_file(self) -> str:
         """The val info file the evaluations use."""
         return osp.join(self.eval_root or self.args.data_root,
@@ -169,8 +180,7 @@ class Job:
         Returns:
             dict: :func:`rdprune_mm.demo.steps.evaluate`'s result.
         """
-        if self.eval_root is not None:
-            path = f'{path}_val{self.args.eval_num_val}'
+        path += self.eval_suffix
         folder = StepDir(
             path,
             dict(checkpoint=checkpoint,

@@ -231,7 +231,8 @@ custom_hooks = [
 
 def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
     """Two ranks split each curve pass's two calibration frames and end
-    with the masks one process chooses, held through DDP's steps."""
+    with the masks one process chooses, held through DDP's steps; one
+    process resumes their checkpoint with those masks."""
     config = _two_frame_hook_config(tmp_path)
     work_dir = str(tmp_path / 'work')
     argv = [
@@ -267,6 +268,19 @@ def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
     assert sum(int((~m).sum()) for m in masks.values()) == first[0]['pruned']
     for name, mask in masks.items():
         assert (saved['state_dict'][f'{name}.weight'][~mask] == 0).all()
+    # resumed on one process: the two ranks' masks, not pruned again
+    resumed, = run_ranks(
+        'finetune',
+        tmp_path / 'resumed', [
+            config, '--finetune', '--launcher', 'pytorch', '--resume',
+            '--work-dir', work_dir, '--cfg-options', 'train_cfg.max_iters=3'
+        ],
+        world_size=1)
+    assert resumed['rc'] == 0
+    assert 'not pruning them again' in resumed['out'] + resumed['err']
+    (step, ) = resumed['iters']
+    assert step['iter'] == 2 and step['zeros_held']
+    assert step['masks'] == first[-1]['masks']
 
 
 def test_hook_slims_the_ddp_model_and_ddp_syncs_the_slim_weights(tmp_path):

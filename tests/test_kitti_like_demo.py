@@ -327,7 +327,8 @@ def test_a_prepared_kitti_folder_is_used_without_simulating(
         first_run, tmp_path):
     """A folder that mmdet3d's converter prepared (the real KITTI) is
     taken as it is; the simulated one goes through the simulator, which
-    skips it because its arguments match."""
+    skips it because its arguments match. More val frames cannot be
+    simulated like a prepared folder's."""
     real = tmp_path / 'kitti'
     real.mkdir()
     for split in ('train', 'val'):
@@ -337,6 +338,13 @@ def test_a_prepared_kitti_folder_is_used_without_simulating(
     assert sorted(os.listdir(real)) == [
         'kitti_infos_train.pkl', 'kitti_infos_val.pkl'
     ]
+
+    argv = first_run[0]
+    root_at = argv.index('--data-root') + 1
+    argv = argv[:root_at] + [str(real)] + argv[root_at + 1:]
+    with pytest.raises(PruningInputError, match='not simulated here'):
+        demo.Job(demo.parse_args(argv + ['--eval-num-val', '5']), print).data()
+    assert sorted(os.listdir(tmp_path)) == ['kitti']  # no kitti_val5
 
     simulated = first_run[2]['data']
     assert not steps.is_prepared_kitti(simulated['root'])

@@ -82,6 +82,11 @@ class Job:
         start = time.perf_counter()
         self.data_record = steps.make_data(args.data_root, args.num_train,
                                            args.num_val, args.seed, self.log)
+        if self.eval_root is not None and self.data_record['args'] is None:
+            raise PruningInputError(
+                f'--eval-num-val simulates more val frames like those of '
+                f'{args.data_root}, but that folder was not simulated here '
+                '(a prepared KITTI); leave --eval-num-val out')
         if self.eval_root is not None:
             self.log(f'evaluation data: {self.eval_root} '
                      f'({args.eval_num_val} val frames; the first '

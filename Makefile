@@ -17,4 +17,4 @@ demo-centerpoint: install
 		--work-dir work_dirs/demo --overwrite
 
 test: install
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests --durations=20

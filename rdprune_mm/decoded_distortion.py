@@ -20,7 +20,11 @@ regression; ``<head>.0.<level>``, ``<head>.1.<level>`` and
 directions). Any other tensor is compared as :class:`NormalizedMSE` does.
 
 Every term is normalised by its reference energy (squared scores, or the
-foreground-weighted squared regression), every group (task, anchor level,
+foreground-weighted squared regression; with ``regression_energy='centered'``
+the foreground-weighted squared deviation of each regression channel from
+its foreground-weighted mean, so that an output whose values vary little
+between objects, a box size say, is compared with that variation rather
+than with its offset from zero), every group (task, anchor level,
 other tensor) weighs alike, and within a group the scores weigh
 ``score_weight`` and the regression tensors share the rest.
 :meth:`DecodedDistortion.quadratic_weights` gives the per-element weights of
@@ -122,22 +126,33 @@ class DecodedDistortion(SampleErrors):
     ``D = mean_g [a_g E_g(score) + (1 - a_g) mean_t E_g(t)]`` over the
     groups ``g`` (CenterPoint tasks, anchor head levels, other tensors),
     where ``E(score) = sum_s ||sig(y_hat) - sig(y)||^2 / sum_s ||sig(y)||^2``
-    and ``E(t) = sum_s sum f (y_hat - y)^2 / sum_s sum f y^2`` with ``f``
-    the reference's foreground score, and ``a_g = score_weight`` (1 for a
-    group without regression, 0 for an 'other' tensor).
+    and ``E(t) = sum_s sum f (y_hat - y)^2 / sum_s sum f (y - m)^2`` with
+    ``f`` the reference's foreground score, ``m`` 0 (``'raw'``) or the
+    channel's ``f``-weighted mean over all samples (``'centered'``), and
+    ``a_g = score_weight`` (1 for a group without regression, 0 for an
+    'other' tensor).
 
     Args:
         score_weight: Share of a group's scores, in [0, 1].
+        regression_energy: ``'raw'`` or ``'centered'``: the normaliser of
+            the regression terms.
         eps: Added to every normaliser.
     """
 
     sample_reduction = 'sum'
 
-    def __init__(self, score_weight: float = 0.5, eps: float = 1e-12) -> None:
+    def __init__(self,
+                 score_weight: float = 0.5,
+                 regression_energy: str = 'raw',
+                 eps: float = 1e-12) -> None:
         if not 0 <= score_weight <= 1:
             raise ValueError(
                 f'score_weight must be in [0, 1], got {score_weight}')
+        if regression_energy not in ('raw', 'centered'):
+            raise ValueError("regression_energy must be 'raw' or "
+                             f"'centered', got {regression_energy!r}")
         self.score_weight = score_weight
+        self.regression_energy = regression_energy
         self.eps = eps
 
     def _term_weights(self, groups: List[OutputGroup]) -> Dict[str, float]:
@@ -164,6 +179,8 @@ class DecodedDistortion(SampleErrors):
                              f'{len(outputs)}')
         groups = output_groups(list(reference[0]))
         names = list(self._term_weights(groups))
+        centres = (regression_means(groups, reference)
+                   if self.regression_energy == 'centered' else {})
         err, energy = [], []
         for ref, out in zip(reference, outputs):
             if sorted(out) != sorted(ref):
@@ -171,7 +188,7 @@ class DecodedDistortion(SampleErrors):
                                  f'{sorted(out)} != {sorted(ref)}')
             terms = {}
             for group in groups:
-                terms.update(_group_terms(group, ref, out))
+                terms.update(_group_terms(group, ref, out, centres))
             err.append([terms[name][0] for name in names])
             energy.append([terms[name][1] for name in names])
         return (groups, names, torch.tensor(err, dtype=torch.float64),
@@ -221,10 +238,34 @@ class DecodedDistortion(SampleErrors):
         return weights
 
 
-def _group_terms(group: OutputGroup, reference: HeadTensors,
-                 outputs: HeadTensors) -> Dict[str, tuple]:
+def regression_means(
+        groups: Sequence[OutputGroup],
+        reference: Sequence[HeadTensors]) -> Dict[str, torch.Tensor]:
+    """Per regression tensor, each channel's foreground-weighted mean over
+    all samples (``[1, C, 1, 1]``)."""
+    means = {}
+    for group in groups:
+        if group.kind == 'other':
+            continue
+        for name in group.regression:
+            total, weight = 0.0, 0.0
+            for ref in reference:
+                f = foreground(group, ref, name).double().expand_as(ref[name])
+                total = total + (f * ref[name].double()).sum((0, 2, 3))
+                weight = weight + f.sum((0, 2, 3))
+            means[name] = (total / weight.clamp_min(1e-12)).reshape(
+                1, -1, 1, 1)
+    return means
+
+
+def _group_terms(
+        group: OutputGroup,
+        reference: HeadTensors,
+        outputs: HeadTensors,
+        centres: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, tuple]:
     """``{name: (weighted squared error, reference energy)}`` of one
-    sample's group."""
+    sample's group; the energy of a regression tensor is taken about its
+    ``centres`` entry where there is one, else about zero."""
     terms = {}
     if group.kind == 'other':
         name = group.regression[0]
@@ -239,6 +280,7 @@ def _group_terms(group: OutputGroup, reference: HeadTensors,
     for name in group.regression:
         weight = foreground(group, reference, name).double()
         y, y_hat = reference[name].double(), outputs[name].double()
+        centre = (centres or {}).get(name, 0.0)
         terms[name] = (float((weight * (y_hat - y).square()).sum()),
-                       float((weight * y.square()).sum()))
+                       float((weight * (y - centre).square()).sum()))
     return terms

@@ -69,6 +69,39 @@ def test_centerpoint_value_by_hand():
     assert DecodedDistortion()(reference, reference) == 0
 
 
+def test_centered_regression_energy_by_hand():
+    """Two frames of one cell each: the reg's energy is taken about its
+    foreground-weighted mean over both frames, not about zero."""
+    reference = [{
+        'h.0.heatmap': torch.tensor([[[[0.0]]]]),
+        'h.0.reg': torch.tensor([[[[10.0]]]]),
+    }, {
+        'h.0.heatmap': torch.tensor([[[[2.0]]]]),
+        'h.0.reg': torch.tensor([[[[12.0]]]]),
+    }]
+    outputs = [{
+        'h.0.heatmap': torch.tensor([[[[0.0]]]]),
+        'h.0.reg': torch.tensor([[[[10.5]]]]),
+    },
+               dict(reference[1])]
+    f0, f1 = sigmoid(0.0), sigmoid(2.0)
+    mean = (f0 * 10.0 + f1 * 12.0) / (f0 + f1)
+    centered = f0 * 0.5**2 / (f0 * (10 - mean)**2 + f1 * (12 - mean)**2)
+    raw = f0 * 0.5**2 / (f0 * 100.0 + f1 * 144.0)
+    measure = DecodedDistortion(regression_energy='centered')
+    assert measure(reference, outputs) == pytest.approx(0.5 * centered,
+                                                        rel=1e-12)
+    assert DecodedDistortion()(reference, outputs) == pytest.approx(0.5 * raw,
+                                                                    rel=1e-12)
+    # a frame's errors alone reduce with the whole reference's centre
+    errors = measure.sample_errors(reference[:1], outputs[:1])
+    both = torch.cat([errors, torch.zeros_like(errors)])
+    assert measure.reduce(reference, both) == pytest.approx(0.5 * centered,
+                                                            rel=1e-12)
+    with pytest.raises(ValueError, match='regression_energy'):
+        DecodedDistortion(regression_energy='variance')
+
+
 def test_anchor_regression_is_weighted_by_its_own_anchor():
     """2 anchors x 3 classes, 7 box values, 2 direction bins per anchor:
     an error in anchor 1's box weighs anchor 1's top class score, not
@@ -120,11 +153,12 @@ def center_setup():
     return model, batches, reference
 
 
-def test_quadratic_weights_match_small_changes():
+@pytest.mark.parametrize('energy', ['raw', 'centered'])
+def test_quadratic_weights_match_small_changes(energy):
     """D(eps * dW) / eps^2 tends to sum w (J dW)^2: the weights are the
     measure's second-order expansion, sigmoid slope included."""
     model, batches, reference = center_setup()
-    distortion = DecodedDistortion()
+    distortion = DecodedDistortion(regression_energy=energy)
     weights = distortion.quadratic_weights(reference)
     direction = torch.randn_like(model.trunk.weight)
     original = model.trunk.weight.detach().clone()

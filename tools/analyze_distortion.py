@@ -51,7 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--measures',
                         nargs='+',
                         default=['NormalizedMSE', 'DecodedDistortion'],
-                        help='registered distortion measures')
+                        help='registered distortion measures, each Type or '
+                        "Type(key=value, ...), e.g. "
+                        "'DecodedDistortion(score_weight=0.25)'; measures "
+                        'added to a finished study are computed for its '
+                        'allocations without evaluating them again')
     parser.add_argument('--val-frames',
                         type=int,
                         help='evaluate on the first N val frames only')
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
                                          samples=args.samples,
                                          measures=args.measures,
                                          val_frames=args.val_frames,
-                                         seed=args.seed)
+                                         seed=args.seed,
+                                         spread=args.spread)
     for name, corr in report['correlation'].items():
         print(f'{name}: Spearman {corr["spearman"]:.3f} with the mAP loss '
               f'over {len(report["allocations"])} allocations')

@@ -11,6 +11,7 @@ which is all the allocator needs of it.
 """
 from __future__ import annotations
 
+import ast
 import os.path as osp
 import pickle
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -36,6 +37,8 @@ from .prune import config_with_name, default_work_dir
 
 #: The measures compared by default.
 DEFAULT_MEASURES = ('NormalizedMSE', 'DecodedDistortion')
+#: KittiMetric's classes of the per-class columns.
+CLASSES = ('Pedestrian', 'Cyclist', 'Car')
 #: The allocations measured so far, saved after each one (a rerun with the
 #: same settings reuses them).
 RECORDS_FILE = 'allocations.json'
@@ -52,6 +55,34 @@ def _check(budgets: Sequence[float], samples: int, val_frames: int) -> None:
         raise PruningInputError(f'--val-frames {val_frames}: give 1 or more')
 
 
+def measure_config(spec: str) -> dict:
+    """The distortion config of ``'Type'`` or ``'Type(key=value, ...)'``
+    (literal values), e.g. ``'DecodedDistortion(score_weight=0.25)'``."""
+    problem = PruningInputError(
+        f'--measures {spec!r}: give a registered distortion as Type or '
+        "Type(key=value, ...), e.g. 'DecodedDistortion(score_weight=0.25)'")
+    try:
+        node = ast.parse(spec.strip(), mode='eval').body
+    except SyntaxError:
+        raise problem from None
+    if isinstance(node, ast.Name):
+        name, kwargs = node.id, {}
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+          and not node.args and all(k.arg for k in node.keywords)):
+        name = node.func.id
+        try:
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        except ValueError:
+            raise problem from None
+    else:
+        raise problem
+    if name not in DISTORTIONS:
+        raise PruningInputError(
+            f'--measures {spec!r}: {name} is not a registered distortion; '
+            f'registered: {", ".join(sorted(DISTORTIONS.module_dict))}')
+    return dict(type=name, **kwargs)
+
+
 def overall_map(metrics: Dict[str, float], kind: str = '3D') -> float:
     """Moderate AP40 over classes from KittiMetric's output."""
     for key, value in metrics.items():
@@ -60,6 +91,16 @@ def overall_map(metrics: Dict[str, float], kind: str = '3D') -> float:
     raise PruningInputError(
         'the test evaluator gave no KITTI Overall AP40 (moderate): '
         f'{sorted(metrics)[:5]}...; analyze_distortion needs KittiMetric')
+
+
+def class_maps(metrics: Dict[str, float]) -> Dict[str, float]:
+    """Moderate AP40 3D (strict IoU) of each class KittiMetric gave."""
+    out = {}
+    for name in CLASSES:
+        for key, value in metrics.items():
+            if key.endswith(f'KITTI/{name}_3D_AP40_moderate_strict'):
+                out[name] = float(value)
+    return out
 
 
 def val_subset(cfg: Config, frames: Optional[int], work_dir: str) -> None:
@@ -93,10 +134,15 @@ def val_subset(cfg: Config, frames: Optional[int], work_dir: str) -> None:
 
 
 def _read_records(path: str, settings: dict) -> List[dict]:
+    """The saved allocations of the same settings; the measures compared
+    are not part of them, so a measure added later is computed for the
+    saved allocations without evaluating them again."""
     saved = read_json(path)
-    if saved is None or saved.get('settings') != settings:
+    if saved is None:
         return []
-    return saved['records']
+    settings = {k: v for k, v in settings.items() if k != 'measures'}
+    kept = {k: v for k, v in saved['settings'].items() if k != 'measures'}
+    return saved['records'] if kept == settings else []
 
 
 def _write_records(path: str, settings: dict, records: List[dict]) -> None:
@@ -181,13 +227,22 @@ def random_plan(targets: Sequence,
     return plan
 
 
-def correlations(records: Sequence[dict], dense_map: float,
-                 measures: Sequence[str]) -> Dict[str, dict]:
+def correlations(
+        records: Sequence[dict],
+        dense_map: float,
+        measures: Sequence[str],
+        dense_classes: Optional[Dict[str, float]] = None) -> Dict[str, dict]:
     """Spearman correlation of each measure with the mAP loss, over all
-    allocations and per budget."""
+    allocations and per budget, and with each class's AP loss where the
+    records and ``dense_classes`` have it (``class_3d``)."""
     # imported here: scipy.stats adds warning filters on import
     from scipy.stats import spearmanr
     loss = np.array([dense_map - r['map_3d'] for r in records])
+    classes = [
+        c for c in CLASSES
+        if c in (dense_classes or {}) and all(c in r.get('class_3d', {})
+                                              for r in records)
+    ]
     out = {}
     for name in measures:
         values = np.array([r['distortion'][name] for r in records])
@@ -196,8 +251,18 @@ def correlations(records: Sequence[dict], dense_map: float,
             chosen = np.array([r['budget'] == budget for r in records])
             per_budget[str(budget)] = float(
                 spearmanr(values[chosen], loss[chosen]).statistic)
+        per_class = {
+            c:
+            float(
+                spearmanr(
+                    values,
+                    [dense_classes[c] - r['class_3d'][c]
+                     for r in records]).statistic)
+            for c in classes
+        }
         out[name] = dict(spearman=float(spearmanr(values, loss).statistic),
-                         by_budget=per_budget)
+                         by_budget=per_budget,
+                         by_class=per_class)
     return out
 
 
@@ -245,7 +310,7 @@ def analyze_detector_distortion(config: Union[str, Config],
     model, _, batches = prepare_detector(cfg, checkpoint, device)
     targets = pruner.find_targets(model)
     head = HeadOutputs(model, pruner.head_modules)
-    distortions = {m: DISTORTIONS.build(dict(type=m)) for m in measures}
+    distortions = {m: DISTORTIONS.build(measure_config(m)) for m in measures}
     with torch.no_grad():
         reference = [head(batch) for batch in batches]
     uses = measure_uses(targets, batches, head)
@@ -286,26 +351,34 @@ def analyze_detector_distortion(config: Union[str, Config],
                  distortion={m: 0.0
                              for m in measures},
                  map_3d=overall_map(metrics),
-                 map_bev=overall_map(metrics, 'BEV'))
+                 map_bev=overall_map(metrics, 'BEV'),
+                 class_3d=class_maps(metrics))
         ]
         _write_records(records_path, settings, records)
     dense = records[0]
+    dense['distortion'] = {m: 0.0 for m in measures}
     plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
                        budgets, samples, seed, spread)
 
-    def measure() -> Dict[str, float]:
-        """Every measure of the model as masked now; the runner's model
-        takes its weights for the evaluation."""
+    def measure(names: Sequence[str] = tuple(measures)) -> Dict[str, float]:
+        """The measures ``names`` of the model as masked now; the runner's
+        model takes its weights for the evaluation."""
         outputs = [head(batch) for batch in batches]
         runner.model.load_state_dict(model.state_dict())
-        return {
-            m: float(d(reference, outputs))
-            for m, d in distortions.items()
-        }
+        return {m: float(distortions[m](reference, outputs)) for m in names}
 
     with progress_bar(len(plan)) as progress:
         for index, (budget, levels) in enumerate(plan):
             if index + 1 < len(records):
+                record = records[index + 1]
+                missing = [
+                    m for m in measures if m not in record['distortion']
+                ]
+                if missing:
+                    record['distortion'].update(
+                        measure_allocation(targets, counts, levels,
+                                           lambda: measure(missing)))
+                    _write_records(records_path, settings, records)
                 progress.update()
                 continue
             values = measure_allocation(targets, counts, levels, measure)
@@ -317,7 +390,8 @@ def analyze_detector_distortion(config: Union[str, Config],
                      kept=kept / total,
                      distortion=values,
                      map_3d=overall_map(metrics),
-                     map_bev=overall_map(metrics, 'BEV')))
+                     map_bev=overall_map(metrics, 'BEV'),
+                     class_3d=class_maps(metrics)))
             _write_records(records_path, settings, records)
             logger.info(f'allocation {index + 1}/{len(plan)}: keep '
                         f'{kept / total:.3f} of the FLOPs, mAP 3D '
@@ -325,13 +399,18 @@ def analyze_detector_distortion(config: Union[str, Config],
                         f'{dense["map_3d"]:.2f}), ' +
                         ', '.join(f'{m} {v:.4g}' for m, v in values.items()))
             progress.update()
-    allocations = records[1:]
+    allocations = [
+        dict(r, distortion={m: r['distortion'][m]
+                            for m in measures}) for r in records[1:]
+    ]
     report = dict(config=name,
                   checkpoint=checkpoint,
                   settings=settings,
-                  dense=dict(map_3d=dense['map_3d'], map_bev=dense['map_bev']),
+                  dense=dict(map_3d=dense['map_3d'],
+                             map_bev=dense['map_bev'],
+                             class_3d=dense.get('class_3d', {})),
                   correlation=correlations(allocations, dense['map_3d'],
-                                           measures),
+                                           measures, dense.get('class_3d')),
                   allocations=allocations)
     write_json(osp.join(work_dir, 'distortion_study.json'), report)
     write_text(osp.join(work_dir, 'distortion_study.md'), study_table(report))
@@ -341,15 +420,23 @@ def analyze_detector_distortion(config: Union[str, Config],
 
 
 def study_table(report: dict) -> str:
-    """Markdown: Spearman correlation per measure, overall and per budget."""
+    """Markdown: Spearman correlation per measure, overall, per budget and
+    with each class's AP loss."""
     budgets = sorted({a['budget'] for a in report['allocations']})
+    classes = [
+        c for c in CLASSES if all(c in corr['by_class']
+                                  for corr in report['correlation'].values())
+    ]
     lines = [
-        '| measure | Spearman, all | ' + ' | '.join(f'keep {b:.3g}'
-                                                    for b in budgets) + ' |',
-        '|---|---:|' + '---:|' * len(budgets)
+        '| measure | Spearman, all | ' +
+        ' | '.join([f'keep {b:.3g}'
+                    for b in budgets] + [f'{c} AP loss'
+                                         for c in classes]) + ' |',
+        '|---|---:|' + '---:|' * (len(budgets) + len(classes))
     ]
     for name, corr in report['correlation'].items():
+        cells = [corr['by_budget'][str(b)] for b in budgets]
+        cells += [corr['by_class'][c] for c in classes]
         lines.append(f'| {name} | {corr["spearman"]:.3f} | ' +
-                     ' | '.join(f'{corr["by_budget"][str(b)]:.3f}'
-                                for b in budgets) + ' |')
+                     ' | '.join(f'{v:.3f}' for v in cells) + ' |')
     return '\n'.join(lines) + '\n'

@@ -230,7 +230,9 @@ def method_options(method: str, budget: float, budget_by: str,
 def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
     """Prune, evaluate, fine-tune and evaluate one (method, budget)."""
     from rdprune_mm.apis import read_checkpoint
-    from rdprune_mm.demo import file_digest, merge_options, read_json
+    from rdprune_mm.apis.distortion_study import measure_spec
+    from rdprune_mm.demo import (file_digest, load_config, merge_options,
+                                 read_json)
     from rdprune_mm.errors import PruningInputError
     from rdprune_mm.fileio import write_json
     options = merge_options(
@@ -286,8 +288,10 @@ def run_one(job, method: str, budget: float, args, out_dir: str) -> dict:
             raise PruningInputError(
                 f'{name}: kept {kept:.4f} of the {args.budget_by}, over the '
                 f'budget {budget}')
+    pruner = load_config(args.prune_config, options).pruner
     result = dict(method=method,
                   budget=budget,
+                  measure=measure_spec(pruner.get('distortion')),
                   budget_by=args.budget_by,
                   achieved=achieved,
                   achieved_finetuned=achieved_finetuned,

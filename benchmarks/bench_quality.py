@@ -48,6 +48,11 @@ KINDS = {
                 'rdprune_mm::kitti_like/rd-channel_centerpoint_kitti-like.py'),
 }
 CLASSES = ('Pedestrian', 'Cyclist', 'Car')
+#: Methods whose allocation depends on the distortion measure: their runs
+#: with different measures are different cells.
+MEASURED_METHODS = ('rd', 'rd-iter', 'rd-channel')
+#: The measure of runs recorded before runs named theirs (stop 32).
+EARLIER_MEASURE = 'DecodedDistortion'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,9 +163,22 @@ def finished_runs(work_dir: str, seed: int, suffix: str = '') -> dict:
                 runs=runs)
 
 
+def run_measure(run: dict) -> str:
+    """The distortion measure that chose the run's allocation ('' for
+    methods that use none)."""
+    if run['method'] not in MEASURED_METHODS:
+        return ''
+    return run.get('measure', EARLIER_MEASURE)
+
+
 def cell_key(run: dict) -> tuple:
-    """``(method, budget)`` of a run: the cell it belongs to."""
-    return run['method'], round(run['budget'], 6)
+    """``(method, measure, budget)`` of a run: the cell it belongs to."""
+    return run['method'], run_measure(run), round(run['budget'], 6)
+
+
+def method_label(method: str, measure: str, current: str) -> str:
+    """The method, with its measure when it is not the RD config's."""
+    return method if measure in ('', current) else f'{method} ({measure})'
 
 
 def ledger_path(out_dir: str, kind: str, suffix: str = '') -> str:
@@ -195,8 +213,12 @@ def _mean_std(values: List[float]) -> tuple:
             statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
-    """Mean and spread over seeds per (method, budget), for ``methods``."""
+def summarize(benches: Dict[int, dict],
+              methods: List[str],
+              measure: str = EARLIER_MEASURE) -> dict:
+    """Mean and spread over seeds per (method, measure, budget), for
+    ``methods``; rows of another measure than ``measure`` (the RD config's)
+    name theirs."""
     cells: Dict[tuple, List[dict]] = {}
     for seed, bench in benches.items():
         dense = bench['dense'] and bench['dense']['Overall']['3D']
@@ -210,9 +232,11 @@ def summarize(benches: Dict[int, dict], methods: List[str]) -> dict:
         if b['dense'] is not None
     ]
     rows = []
-    for (method, budget), runs in sorted(cells.items(),
-                                         key=lambda c: (-c[0][1], c[0][0])):
-        row = dict(method=method,
+    for (method, run_measure_,
+         budget), runs in sorted(cells.items(),
+                                 key=lambda c: (-c[0][2], c[0][0], c[0][1])):
+        row = dict(method=method_label(method, run_measure_, measure),
+                   measure=run_measure_,
                    budget=budget,
                    seeds=[r['seed'] for r in runs])
         for key in ('oneshot', 'finetuned'):
@@ -338,7 +362,11 @@ def run(args: argparse.Namespace) -> dict:
     if not any(b['runs'] for b in benches.values()):
         print('no finished runs to summarize')
         return {}
-    summary = summarize(benches, args.methods)
+    from rdprune_mm.apis.distortion_study import measure_spec
+    from rdprune_mm.demo import load_config
+    measure = measure_spec(
+        load_config(args.prune_config).pruner.get('distortion'))
+    summary = summarize(benches, args.methods, measure)
     if not summary['rows']:
         print(f'no finished {args.kind} runs to summarize')
         return {}

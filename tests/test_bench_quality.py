@@ -119,7 +119,8 @@ def test_summary_keeps_seeds_of_earlier_sessions(bench_quality, tmp_path):
     with open(out_dir / 'quality_weight_runs.json') as f:
         assert sorted(json.load(f)['seeds']) == ['0', '1']
     table = (out_dir / 'quality_weight.md').read_text()
-    assert '| rd | 0.500 (1/2.00) | [0, 1] |' in table
+    # runs that name no measure were chosen by the earlier one
+    assert '| rd (DecodedDistortion) | 0.500 (1/2.00) | [0, 1] |' in table
     assert (out_dir / 'quality_weight.png').stat().st_size > 0
 
 
@@ -160,3 +161,36 @@ def test_each_val_set_has_its_own_record(bench_quality, tmp_path):
     assert small['finetuned_3D'] == 65.0
     assert small['finetuned_3D_below_dense'] == pytest.approx(1.0)
     assert '400 val frames' in (out_dir / 'quality_weight.md').read_text()
+
+
+def test_rd_runs_of_another_measure_are_their_own_cells(bench_quality):
+    """A run of RD under a new distortion measure does not replace the
+    recorded run of the earlier one, and each is its own row; baselines,
+    which use no measure, stay one cell."""
+    ledger = dict(seeds={})
+    earlier = [
+        run_record('rd', 0.5, 60.0, 68.0),
+        run_record('lamp', 0.5, 62.0, 69.0)
+    ]
+    bench_quality.add_to_ledger(ledger, 0, dict(dense=ap(70.0), runs=earlier),
+                                ['rd', 'lamp'])
+    centered = "DecodedDistortion(regression_energy='centered')"
+    later = [
+        dict(run_record('rd', 0.5, 64.0, 69.5), measure=centered),
+        dict(run_record('lamp', 0.5, 62.5, 69.2), measure=centered)
+    ]
+    bench_quality.add_to_ledger(ledger, 0, dict(dense=None, runs=later),
+                                ['rd', 'lamp'])
+    runs = ledger['seeds']['0']['runs']
+    assert sorted((r['method'], r.get('measure', '-'))
+                  for r in runs) == [('lamp', centered), ('rd', '-'),
+                                     ('rd', centered)]
+
+    summary = bench_quality.summarize({0: ledger['seeds']['0']},
+                                      ['rd', 'lamp'], centered)
+    rows = {r['method']: r['finetuned_3D'] for r in summary['rows']}
+    assert rows == {
+        'rd': pytest.approx(69.5),
+        'rd (DecodedDistortion)': pytest.approx(68.0),
+        'lamp': pytest.approx(69.2)
+    }

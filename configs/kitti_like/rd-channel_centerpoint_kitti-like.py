@@ -12,11 +12,11 @@ _base_ = [
 custom_imports = dict(
     imports=['rdprune_mm', 'rdprune_mm.models'], allow_failed_imports=False)
 
-pruner = dict(
-    budget=0.5,
-    budget_by='flops',
-    num_levels=11,
-    distortion=dict(type='DecodedDistortion'))
+pruner = dict(budget=0.5,
+              budget_by='flops',
+              num_levels=11,
+              distortion=dict(type='DecodedDistortion',
+                              regression_energy='centered'))
 
 # calibration: train frames through the test pipeline (no augmentation)
 calibration = dict(

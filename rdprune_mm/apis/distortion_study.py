@@ -83,6 +83,18 @@ def measure_config(spec: str) -> dict:
     return dict(type=name, **kwargs)
 
 
+def measure_spec(config: Optional[dict]) -> str:
+    """The inverse of :func:`measure_config`: ``'Type'`` or
+    ``'Type(key=value, ...)'`` (keys sorted) of a distortion config (None:
+    the pruners' default, ``NormalizedMSE``)."""
+    config = dict(config or dict(type='NormalizedMSE'))
+    name = config.pop('type')
+    if not config:
+        return name
+    return name + '(' + ', '.join(f'{k}={v!r}'
+                                  for k, v in sorted(config.items())) + ')'
+
+
 def overall_map(metrics: Dict[str, float], kind: str = '3D') -> float:
     """Moderate AP40 over classes from KittiMetric's output."""
     for key, value in metrics.items():

@@ -283,12 +283,14 @@ def plot_distortion_study(report: dict, path: str) -> None:
         path: The PNG file to write.
     """
     measures = list(report['correlation'])
-    fig = Figure(figsize=(5 * len(measures), 4.5), layout='tight')
+    columns = min(3, len(measures))
+    rows = -(-len(measures) // columns)
+    fig = Figure(figsize=(5 * columns, 4.5 * rows), layout='tight')
     dense = report['dense']['map_3d']
     allocations = report['allocations']
     budgets = sorted({a['budget'] for a in allocations})
     for index, name in enumerate(measures):
-        ax = fig.add_subplot(1, len(measures), index + 1)
+        ax = fig.add_subplot(rows, columns, index + 1)
         for budget in budgets:
             chosen = [a for a in allocations if a['budget'] == budget]
             ax.scatter([a['distortion'][name] for a in chosen],
@@ -297,9 +299,10 @@ def plot_distortion_study(report: dict, path: str) -> None:
         if all(a['distortion'][name] > 0 for a in allocations):
             ax.set_xscale('log')
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f'{name} on the calibration frames')
+        ax.set_xlabel(f'{name} on the calibration frames', fontsize=8)
         ax.set_ylabel('mAP 3D loss (moderate AP40)')
-        ax.set_title(f'{name}: Spearman '
-                     f'{report["correlation"][name]["spearman"]:.3f}')
+        ax.set_title(f'{name}\nSpearman '
+                     f'{report["correlation"][name]["spearman"]:.3f}',
+                     fontsize=9)
         ax.legend(fontsize=8)
     _save(fig, path)

@@ -23,7 +23,6 @@ from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
 from ..additivity import measure_allocation
-from ..datasets.scene import CLASSES
 from ..errors import PruningInputError
 from ..fileio import atomic_write, read_json, write_json, write_text
 from ..finetune import prepare_runner_process
@@ -38,6 +37,8 @@ from .prune import config_with_name, default_work_dir
 
 #: The measures compared by default.
 DEFAULT_MEASURES = ('NormalizedMSE', 'DecodedDistortion')
+#: KittiMetric's classes of the per-class columns.
+CLASSES = ('Pedestrian', 'Cyclist', 'Car')
 #: The allocations measured so far, saved after each one (a rerun with the
 #: same settings reuses them).
 RECORDS_FILE = 'allocations.json'
@@ -367,6 +368,7 @@ def analyze_detector_distortion(config: Union[str, Config],
         ]
         _write_records(records_path, settings, records)
     dense = records[0]
+    dense['distortion'] = {m: 0.0 for m in measures}
     plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
                        budgets, samples, seed, spread)
 

@@ -169,18 +169,21 @@ class DecodedDistortion(SampleErrors):
                     group.regression) / len(groups)
         return weights
 
-    def _sample_terms(self, reference: Sequence[HeadTensors],
-                      outputs: Sequence[HeadTensors]) -> tuple:
+    def _sample_terms(self,
+                      reference: Sequence[HeadTensors],
+                      outputs: Sequence[HeadTensors],
+                      energies: bool = True) -> tuple:
         """The groups, the tensor names, and ``[samples, names]`` weighted
-        squared errors and reference energies."""
+        squared errors and reference energies (about the regression
+        centres only when ``energies`` are wanted)."""
         if len(reference) != len(outputs) or not reference:
             raise ValueError('reference and outputs must be equally long and '
                              f'non-empty, got {len(reference)} and '
                              f'{len(outputs)}')
         groups = output_groups(list(reference[0]))
         names = list(self._term_weights(groups))
-        centres = (regression_means(groups, reference)
-                   if self.regression_energy == 'centered' else {})
+        centres = (regression_means(groups, reference) if energies
+                   and self.regression_energy == 'centered' else {})
         err, energy = [], []
         for ref, out in zip(reference, outputs):
             if sorted(out) != sorted(ref):
@@ -198,7 +201,7 @@ class DecodedDistortion(SampleErrors):
                       outputs: Sequence[HeadTensors]) -> torch.Tensor:
         """``[samples, terms]`` weighted squared errors of the decoded
         scores and boxes (see :meth:`SampleErrors.sample_errors`)."""
-        return self._sample_terms(reference, outputs)[2]
+        return self._sample_terms(reference, outputs, energies=False)[2]
 
     def reduce(self, reference: Sequence[HeadTensors],
                errors: torch.Tensor) -> float:

@@ -368,7 +368,6 @@ def analyze_detector_distortion(config: Union[str, Config],
         ]
         _write_records(records_path, settings, records)
     dense = records[0]
-    dense['distortion'] = {m: 0.0 for m in measures}
     plan = random_plan(targets, orders, counts, tables, pruner.sparsities,
                        budgets, samples, seed, spread)
 

@@ -9,9 +9,12 @@ Two steps, each switchable (``pruner.compensate``):
   ``w`` with kept entries ``S`` and the Gram matrix ``H = X Xᵀ`` of the
   layer's inputs ``X`` (image patches for a conv), the refit is
   ``w_S = (H_SS + λI)⁻¹ H_S: w``, with ``λ`` a ``damp`` share of H's mean
-  diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d
-  and nn.ConvTranspose2d whose kernel equals its stride; other layers
-  (sparse convolutions among them) are left as they are and counted.
+  diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d,
+  nn.ConvTranspose2d whose kernel equals its stride, and sparse
+  convolutions (spconv 2 and mmcv.ops; not spconv's 1x1 layers), whose
+  input rows are gathered through the layer's own input-output pairs
+  (:func:`sparse_input_rows`); other layers are left as they are and
+  counted.
 - ``batchnorm``: every BatchNorm's running statistics re-estimated on the
   calibration frames (:func:`rdprune_mm.batchnorm.recalibrate_batchnorm`).
 """
@@ -29,6 +32,8 @@ from .errors import PruningInputError
 from .head_outputs import HeadOutputs
 from .targets import PruningTarget
 
+_SPARSE_KINDS = ('spconv', 'mmcv_spconv')
+
 
 def _is_pointwise(module: nn.Module) -> bool:
     return (all(k == 1 for k in module.kernel_size)
@@ -39,7 +44,11 @@ def _is_pointwise(module: nn.Module) -> bool:
 def reconstructable(target: PruningTarget) -> bool:
     """Whether :class:`LayerInputs` can form the target's inputs."""
     module = target.module
-    if target.kind == 'linear':
+    if target.kind == 'spconv' and getattr(module, 'conv1x1', False):
+        # spconv 2's 1x1 path multiplies by weight.view(in, out), which is
+        # not the (out, 1, 1, 1, in) layout every other path reads
+        return False
+    if target.kind in ('linear', *_SPARSE_KINDS):
         return True
     if target.kind == 'conv':
         if module.groups != 1 or module.padding_mode != 'zeros':
@@ -66,6 +75,8 @@ def input_rows(target: PruningTarget, x: torch.Tensor) -> torch.Tensor:
         torch.Tensor: ``(n, d)``.
     """
     module = target.module
+    if target.kind in _SPARSE_KINDS:
+        return sparse_input_rows(target, x)
     if target.kind == 'linear':
         return x.reshape(-1, module.in_features)
     if target.kind == 'deconv' or _is_pointwise(module):
@@ -80,16 +91,72 @@ def weight_rows(target: PruningTarget, weight: torch.Tensor) -> torch.Tensor:
     kernel tap for a deconvolution), in the order of :func:`input_rows`."""
     if target.kind == 'deconv':  # (in, out, k...) -> (out * k..., in)
         return weight.movedim(0, -1).reshape(-1, weight.shape[0])
+    if target.kind in _SPARSE_KINDS:  # -> (out, k... * in)
+        return weight.movedim(target.out_axis,
+                              0).reshape(weight.shape[target.out_axis], -1)
     return weight.reshape(weight.shape[0], -1)
 
 
 def rows_to_weight(target: PruningTarget, rows: torch.Tensor,
                    like: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`weight_rows`."""
+    """The inverse of :func:`weight_rows`; for a sparse convolution ``like``
+    gives the layout and ``rows`` may have any number of rows."""
     if target.kind == 'deconv':
         shape = (*like.shape[1:], like.shape[0])
         return rows.reshape(shape).movedim(-1, 0)
+    if target.kind in _SPARSE_KINDS:
+        moved = like.movedim(target.out_axis, 0).shape[1:]
+        return rows.reshape(-1, *moved).movedim(0, target.out_axis)
     return rows.reshape(like.shape)
+
+
+@torch.no_grad()
+def sparse_input_rows(target: PruningTarget, x) -> torch.Tensor:
+    """The input rows of a sparse convolution, one per output site: the
+    features at each kernel offset's input site (zero where that offset has
+    no pair), in the order of :func:`weight_rows`.
+
+    The layer itself gathers them: it runs once more on ``x`` with one
+    output channel per (offset, input channel) and a one-hot weight, no
+    bias and no fused activation, so that spconv's own input-output pairs
+    (reused under the layer's ``indice_key``) decide which input feeds
+    which output, for every algorithm, stride and submanifold layer alike.
+    The module's hooks do not run and its attributes are restored.
+
+    Args:
+        target: A ``spconv`` or ``mmcv_spconv`` target.
+        x: The layer's input ``SparseConvTensor`` in one call.
+
+    Returns:
+        torch.Tensor: ``(output sites, kernel volume * in channels)``.
+    """
+    module = target.module
+    weight = module.weight
+    width = weight.numel() // weight.shape[target.out_axis]
+    eye = torch.eye(width, dtype=weight.dtype, device=weight.device)
+    probe = rows_to_weight(target, eye, weight)
+    params = module._parameters
+    saved = dict(weight=params['weight'],
+                 bias=params.get('bias'),
+                 out_channels=module.out_channels,
+                 act_type=getattr(module, 'act_type', None))
+    try:
+        params['weight'] = nn.Parameter(probe, requires_grad=False)
+        if 'bias' in params:
+            params['bias'] = None
+        module.out_channels = width
+        act = saved['act_type']
+        if act is not None and hasattr(type(act), 'None_'):
+            module.act_type = type(act).None_
+        output = type(module).forward(module, x)
+    finally:
+        params['weight'] = saved['weight']
+        if 'bias' in params:
+            params['bias'] = saved['bias']
+        module.out_channels = saved['out_channels']
+        if saved['act_type'] is not None:
+            module.act_type = saved['act_type']
+    return output.features
 
 
 class LayerInputs:
@@ -108,7 +175,10 @@ class LayerInputs:
     def _hook(self, target: PruningTarget):
 
         def hook(module, args, output):
-            rows = input_rows(target, args[0].detach()).double()
+            x = args[0]
+            if isinstance(x, torch.Tensor):
+                x = x.detach()
+            rows = input_rows(target, x).double()
             gram = rows.T @ rows
             if target.name in self.grams:
                 gram += self.grams[target.name]

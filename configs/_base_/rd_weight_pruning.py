@@ -27,9 +27,10 @@ pruner = dict(
     min_keep=0.0,
     # None: the detection head (pts_bbox_head, bbox_head or rpn+roi head)
     head_modules=None,
-    # after pruning, no labels: refit each pruned dense layer's kept
-    # weights by least squares to its unpruned outputs on the calibration
-    # frames (pruned weights stay zero), and re-estimate BatchNorm
+    # after pruning, no labels: refit each pruned layer's kept weights
+    # (dense and sparse convs, linear layers) by least squares to its
+    # unpruned outputs on the calibration frames (pruned weights stay
+    # zero), and re-estimate BatchNorm
     # statistics on them; allocation.json reports the distortion before
     # and after
     compensate=dict(reconstruct=False, batchnorm=False, damp=0.01))

@@ -43,6 +43,11 @@ METHODS = ('rd', 'uniform', 'global', 'lamp', 'erk')
 #: RD pruning in rounds while fine-tuning (``RDPruneHook`` rounds), chosen
 #: by name: it needs two fine-tuning epochs or more.
 ITERATIVE_METHODS = ('rd-iter', )
+#: RD and LAMP followed by the compensate stage's least-squares refit of the
+#: kept weights (``pruner.compensate.reconstruct``), chosen by name.
+REFIT_METHODS = ('rd-refit', 'lamp-refit')
+#: Every weight method after the default ones.
+NAMED_METHODS = ITERATIVE_METHODS + REFIT_METHODS
 #: Channel pruning: RD, and the baselines' (allocation, ranking).
 CHANNEL_METHODS = ('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
                    'taylor-channel')
@@ -58,6 +63,8 @@ CHANNEL_PRUNE_CONFIG = \
 LABELS = {
     'rd': 'RD',
     'rd-iter': 'RD, 2 rounds',
+    'rd-refit': 'RD + refit',
+    'lamp-refit': 'LAMP + refit',
     'uniform': 'uniform',
     'global': 'global magnitude',
     'lamp': 'LAMP',
@@ -82,7 +89,7 @@ def is_channel(method: str) -> bool:
 
 
 def method_order(method: str) -> int:
-    return (METHODS + ITERATIVE_METHODS + CHANNEL_METHODS).index(method)
+    return (METHODS + NAMED_METHODS + CHANNEL_METHODS).index(method)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,10 +130,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--methods',
         nargs='+',
-        choices=METHODS + ITERATIVE_METHODS + CHANNEL_METHODS,
+        choices=METHODS + NAMED_METHODS + CHANNEL_METHODS,
         default=list(METHODS),
         help='weight methods, or channel methods (not both in one run); '
-        'rd-iter (RD in two rounds while fine-tuning) is run only when named')
+        'rd-iter (RD in two rounds while fine-tuning), rd-refit and '
+        'lamp-refit (the kept weights refitted by least squares after the '
+        'pruning) are run only when named')
     parser.add_argument(
         '--latency-frames',
         type=int,
@@ -209,6 +218,9 @@ def iterative_schedule(budget: float, finetune_epochs: int) -> dict:
 def method_options(method: str, budget: float, budget_by: str,
                    finetune_epochs: int) -> dict:
     options = {'pruner.budget': budget, 'pruner.budget_by': budget_by}
+    if method in REFIT_METHODS:
+        method = method[:-len('-refit')]
+        options['pruner.compensate.reconstruct'] = True
     if method in ('rd', 'rd-iter'):
         options['pruner.type'] = 'RDWeightPruner'
         if method == 'rd-iter':
@@ -396,7 +408,7 @@ def plot(bench: dict, path: str) -> None:
         ('finetuned', 'mAP 3D (moderate), after fine-tuning', False),
     ]
     for ax, (key, title, log_y) in zip(axes, panels):
-        for method in METHODS + ITERATIVE_METHODS + CHANNEL_METHODS:
+        for method in METHODS + NAMED_METHODS + CHANNEL_METHODS:
             runs = sorted((r for r in bench['runs'] if r['method'] == method),
                           key=lambda r: -r['budget'])
             if not runs:

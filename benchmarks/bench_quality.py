@@ -41,8 +41,9 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 BUDGETS = (1 / 2, 1 / 3, 1 / 3.89, 1 / 6)
 #: Per kind: its methods (``bench_baselines.py``'s) and RD config.
 KINDS = {
-    'weight': (('rd', 'rd-iter', 'uniform', 'global', 'lamp', 'erk'),
-               'rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py'),
+    'weight':
+    (('rd', 'rd-iter', 'rd-refit', 'uniform', 'global', 'lamp', 'lamp-refit',
+      'erk'), 'rdprune_mm::kitti_like/rd-weight_centerpoint_kitti-like.py'),
     'channel': (('rd-channel', 'uniform-channel', 'l1-channel', 'bn-channel',
                  'taylor-channel'),
                 'rdprune_mm::kitti_like/rd-channel_centerpoint_kitti-like.py'),
@@ -50,7 +51,7 @@ KINDS = {
 CLASSES = ('Pedestrian', 'Cyclist', 'Car')
 #: Methods whose allocation depends on the distortion measure: their runs
 #: with different measures are different cells.
-MEASURED_METHODS = ('rd', 'rd-iter', 'rd-channel')
+MEASURED_METHODS = ('rd', 'rd-iter', 'rd-refit', 'rd-channel')
 #: The measure of runs recorded before runs named theirs (stop 32).
 EARLIER_MEASURE = 'DecodedDistortion'
 

@@ -434,6 +434,16 @@ def test_rd_iter_prunes_in_two_rounds_within_the_finetuning():
         bench.method_options('rd-iter', 0.25, 'flops', 1)
 
 
+@pytest.mark.parametrize('method, base', [('rd-refit', 'rd'),
+                                          ('lamp-refit', 'lamp')])
+def test_refit_methods_are_their_base_with_the_refit_on(method, base):
+    bench = load_bench()
+    options = bench.method_options(method, 0.25, 'flops', 2)
+    expected = bench.method_options(base, 0.25, 'flops', 2)
+    assert 'pruner.compensate.reconstruct' not in expected
+    assert options == dict(expected, **{'pruner.compensate.reconstruct': True})
+
+
 def test_channel_benchmark_evaluates_and_times_the_slim_models(
         first_run, monkeypatch, tmp_path):
     """The channel methods prune within the budget, and the evaluations and

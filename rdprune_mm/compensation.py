@@ -21,7 +21,7 @@ Two steps, each switchable (``pruner.compensate``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,17 +159,21 @@ def sparse_input_rows(target: PruningTarget, x) -> torch.Tensor:
     return output.features
 
 
-class LayerInputs:
-    """Context manager that sums ``H = Σ x xᵀ`` over the input rows of each
-    target (float64, on the layer's device) while the model runs.
+class LayerRows:
+    """Context manager that hands each call's input rows of every target
+    (:func:`input_rows`, float64) to ``consume(target, rows)`` while the
+    model runs.
 
     Args:
         targets: Layers that :func:`reconstructable` accepts.
+        consume: Called once per call of a target's layer.
     """
 
-    def __init__(self, targets: Sequence[PruningTarget]) -> None:
+    def __init__(
+            self, targets: Sequence[PruningTarget],
+            consume: Callable[[PruningTarget, torch.Tensor], None]) -> None:
         self.targets = list(targets)
-        self.grams: Dict[str, torch.Tensor] = {}
+        self.consume = consume
         self._handles: list = []
 
     def _hook(self, target: PruningTarget):
@@ -178,15 +182,11 @@ class LayerInputs:
             x = args[0]
             if isinstance(x, torch.Tensor):
                 x = x.detach()
-            rows = input_rows(target, x).double()
-            gram = rows.T @ rows
-            if target.name in self.grams:
-                gram += self.grams[target.name]
-            self.grams[target.name] = gram
+            self.consume(target, input_rows(target, x).double())
 
         return hook
 
-    def __enter__(self) -> 'LayerInputs':
+    def __enter__(self):
         for target in self.targets:
             self._handles.append(
                 target.module.register_forward_hook(self._hook(target)))
@@ -198,27 +198,54 @@ class LayerInputs:
         self._handles.clear()
 
 
-def refit_rows(dense: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
-               damp: float) -> torch.Tensor:
+class LayerInputs(LayerRows):
+    """Context manager that sums ``H = Σ x xᵀ`` over the input rows of each
+    target (float64, on the layer's device) while the model runs.
+
+    Args:
+        targets: Layers that :func:`reconstructable` accepts.
+    """
+
+    def __init__(self, targets: Sequence[PruningTarget]) -> None:
+        super().__init__(targets, self._add)
+        self.grams: Dict[str, torch.Tensor] = {}
+
+    def _add(self, target: PruningTarget, rows: torch.Tensor) -> None:
+        gram = rows.T @ rows
+        if target.name in self.grams:
+            gram += self.grams[target.name]
+        self.grams[target.name] = gram
+
+
+def refit_rows(dense: torch.Tensor,
+               kept: torch.Tensor,
+               gram: torch.Tensor,
+               damp: float,
+               cross: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Least-squares refit of each row's kept entries.
 
     Args:
         dense: ``(rows, d)`` unpruned weights.
         kept: ``(rows, d)`` bool, the entries that stay.
-        gram: ``(d, d)`` Gram matrix of the inputs.
+        gram: ``(d, d)`` Gram matrix of the inputs the refit layer gets.
         damp: Share of the mean diagonal added to it (ridge).
+        cross: ``(d, rows)``: ``Σ x̂ yᵀ`` of those inputs and the unpruned
+            layer's outputs on its own inputs; None when the inputs are the
+            unpruned model's (then it is ``gram @ dense.T``).
 
     Returns:
         torch.Tensor: ``(rows, d)`` float64 weights, zero where not kept;
-        a row with every entry kept is returned unchanged.
+        with ``cross`` None, a row with every entry kept is returned
+        unchanged.
     """
     dense = dense.double()
     ridge = damp * gram.diagonal().mean().clamp_min(1e-12)
     refit = torch.zeros_like(dense)
-    targets = dense @ gram  # row r: H w_r (H is symmetric)
+    # row r: Σ x̂ y_r
+    targets = dense @ gram if cross is None else cross.T
     for row in range(dense.shape[0]):
         keep = kept[row]
-        if bool(keep.all()):
+        if cross is None and bool(keep.all()):
             refit[row] = dense[row]
             continue
         index = keep.nonzero().squeeze(1)
@@ -232,11 +259,40 @@ def refit_rows(dense: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
 
 @dataclass
 class DenseLayers:
-    """What the reconstruction keeps of the unpruned model: each layer's
-    weights and input Gram matrix, recorded before the pruning."""
+    """What the reconstruction keeps of the unpruned model, recorded before
+    the pruning.
+
+    Attributes:
+        weights: The unpruned weights of the layers to refit (sequential
+            refit: of every target, to run the unpruned model again).
+        grams: Each layer's input Gram matrix (empty for the sequential
+            refit, which forms it after the pruning).
+        refittable: Names of the layers that can be refitted.
+        head_modules: The pruner's ``head_modules``.
+    """
 
     weights: Dict[str, torch.Tensor]
     grams: Dict[str, torch.Tensor]
+    refittable: List[str]
+    head_modules: Optional[Sequence[str]] = None
+
+
+def _set_weights(targets: Sequence[PruningTarget],
+                 weights: Dict[str, torch.Tensor]) -> None:
+    for target in targets:
+        target.weight.copy_(weights[target.name])
+
+
+def _call_order(head: HeadOutputs, batch: dict,
+                targets: Sequence[PruningTarget]) -> List[PruningTarget]:
+    """``targets`` in the order the model first calls them on ``batch``
+    (layers it does not call are left out)."""
+    order: List[PruningTarget] = []
+    with LayerRows(
+            targets, lambda target, rows: None
+            if target in order else order.append(target)):
+        head(batch)
+    return order
 
 
 class Compensation:
@@ -248,14 +304,23 @@ class Compensation:
         batchnorm: Re-estimate every BatchNorm's running statistics on the
             calibration frames after the pruning.
         damp: Ridge of the refit, a share of the mean diagonal of H.
+        sequential: Refit the layers in the order the model calls them,
+            each on the inputs the pruned model gives it with the layers
+            before it already refitted, towards the unpruned layer's outputs
+            on the unpruned model's inputs (SparseGPT's order). Two passes
+            of the calibration frames per refitted layer. False: every
+            layer on the unpruned model's inputs, from one pass before the
+            pruning.
     """
 
     def __init__(self,
                  reconstruct: bool = False,
                  batchnorm: bool = False,
-                 damp: float = 0.01) -> None:
+                 damp: float = 0.01,
+                 sequential: bool = False) -> None:
         for key, value in (('reconstruct', reconstruct),
-                           ('batchnorm', batchnorm)):
+                           ('batchnorm', batchnorm), ('sequential',
+                                                      sequential)):
             if not isinstance(value, bool):
                 raise PruningInputError(
                     f'pruner.compensate.{key}={value!r} must be True or '
@@ -268,6 +333,7 @@ class Compensation:
         self.reconstruct = reconstruct
         self.batchnorm = batchnorm
         self.damp = float(damp)
+        self.sequential = sequential
 
     @property
     def enabled(self) -> bool:
@@ -278,18 +344,76 @@ class Compensation:
                targets: Sequence[PruningTarget],
                head_modules: Optional[Sequence[str]] = None
                ) -> Optional[DenseLayers]:
-        """Before the pruning: the weights and input Gram matrices of the
-        layers to refit (None without ``reconstruct``)."""
+        """Before the pruning: the unpruned weights, and without
+        ``sequential`` the input Gram matrices of the layers to refit
+        (None without ``reconstruct``)."""
         if not self.reconstruct:
             return None
         layers = [t for t in targets if reconstructable(t)]
+        names = [t.name for t in layers]
+        if self.sequential:
+            return DenseLayers(
+                weights={t.name: t.weight.detach().clone()
+                         for t in targets},
+                grams={},
+                refittable=names,
+                head_modules=head_modules)
         head = HeadOutputs(model, head_modules)
         with LayerInputs(layers) as inputs:
             for batch in batches:
                 head(batch)
         return DenseLayers(
-            weights={t.name: t.weight.detach().clone() for t in layers},
-            grams=inputs.grams)
+            weights={t.name: t.weight.detach().clone()
+                     for t in layers},
+            grams=inputs.grams,
+            refittable=names,
+            head_modules=head_modules)
+
+    def _refit(self,
+               target: PruningTarget,
+               dense: DenseLayers,
+               gram: torch.Tensor,
+               cross: Optional[torch.Tensor] = None) -> None:
+        weight = target.weight
+        rows = refit_rows(weight_rows(target, dense.weights[target.name]),
+                          weight_rows(target, weight != 0), gram, self.damp,
+                          cross)
+        weight.copy_(rows_to_weight(target, rows, weight))
+
+    def _refit_in_order(self, model: nn.Module, batches: Sequence[dict],
+                        targets: Sequence[PruningTarget],
+                        layers: Sequence[PruningTarget],
+                        dense: DenseLayers) -> int:
+        """The sequential refit of ``layers``: per layer, one pass of the
+        unpruned model for its outputs and one of the pruned model for its
+        inputs. Returns the number of layers refitted (those that run)."""
+        head = HeadOutputs(model, dense.head_modules)
+        pruned = {t.name: t.weight.detach().clone() for t in targets}
+        _set_weights(targets, dense.weights)
+        order = _call_order(head, batches[0], layers)
+        for target in order:
+            dense_rows = weight_rows(target,
+                                     dense.weights[target.name]).double()
+            outputs: List[torch.Tensor] = []
+            _set_weights(targets, dense.weights)
+            with LayerRows(
+                [target], lambda t, rows: outputs.append(rows @ dense_rows.T)):
+                for batch in batches:
+                    head(batch)
+            _set_weights(targets, pruned)
+            sums: dict = dict(gram=0, cross=0, call=0)
+
+            def add(t: PruningTarget, rows: torch.Tensor) -> None:
+                sums['gram'] = sums['gram'] + rows.T @ rows
+                sums['cross'] = sums['cross'] + rows.T @ outputs[sums['call']]
+                sums['call'] += 1
+
+            with LayerRows([target], add):
+                for batch in batches:
+                    head(batch)
+            self._refit(target, dense, sums['gram'], sums['cross'])
+            pruned[target.name] = target.weight.detach().clone()
+        return len(order)
 
     @torch.no_grad()
     def apply(self, model: nn.Module, batches: Sequence[dict],
@@ -306,21 +430,22 @@ class Compensation:
         report: dict = dict(reconstructed=0, not_reconstructed={},
                             batchnorm=0)
         if dense is not None:
+            layers = []
             for target in targets:
-                weight = target.weight
-                if target.name not in dense.weights:
-                    if bool((weight == 0).any()):
+                zeros = target.weight == 0
+                if target.name not in dense.refittable:
+                    if bool(zeros.any()):
                         kinds = report['not_reconstructed']
                         kinds[target.kind] = kinds.get(target.kind, 0) + 1
-                    continue
-                if bool((weight == 0).all()) or not bool((weight == 0).any()):
-                    continue  # nothing kept, or nothing pruned
-                rows = refit_rows(
-                    weight_rows(target, dense.weights[target.name]),
-                    weight_rows(target, weight != 0),
-                    dense.grams[target.name], self.damp)
-                weight.copy_(rows_to_weight(target, rows, weight))
-                report['reconstructed'] += 1
+                elif bool(zeros.any()) and not bool(zeros.all()):
+                    layers.append(target)  # partly pruned
+            if self.sequential:
+                report['reconstructed'] = self._refit_in_order(
+                    model, batches, targets, layers, dense)
+            else:
+                for target in layers:
+                    self._refit(target, dense, dense.grams[target.name])
+                report['reconstructed'] = len(layers)
         if self.batchnorm:
             report['batchnorm'] = recalibrate_batchnorm(model, batches)
         return report
@@ -331,12 +456,13 @@ def build_compensation(cfg: Optional[dict],
     """A :class:`Compensation` from ``pruner.compensate`` (None: off).
 
     Args:
-        cfg: ``dict(reconstruct=..., batchnorm=..., damp=...)`` or None.
+        cfg: ``dict(reconstruct=..., batchnorm=..., damp=...,
+            sequential=...)`` or None.
         allow_reconstruct: False for pruners whose masks are not weight
             masks (channel pruning).
     """
     cfg = dict(cfg or {})
-    allowed = {'reconstruct', 'batchnorm', 'damp'}
+    allowed = {'reconstruct', 'batchnorm', 'damp', 'sequential'}
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise PruningInputError(

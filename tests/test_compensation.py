@@ -20,11 +20,11 @@ from torch.func import functional_call
 
 from conftest import QUICK_CENTERPOINT, load_tool
 from rdprune_mm import PruningInputError
-from rdprune_mm.compensation import (LayerInputs, build_compensation,
-                                     reconstructable, refit_rows,
-                                     rows_to_weight, sparse_input_rows,
-                                     weight_rows)
-from rdprune_mm.targets import PruningTarget, layer_kind
+from rdprune_mm.compensation import (Compensation, LayerInputs,
+                                     build_compensation, reconstructable,
+                                     refit_rows, rows_to_weight,
+                                     sparse_input_rows, weight_rows)
+from rdprune_mm.targets import PruningTarget, find_targets, layer_kind
 
 prune_tool = load_tool('prune')
 
@@ -190,6 +190,72 @@ def test_sparse_refit_is_the_least_squares_optimum(name):
                               atol=1e-6)
 
 
+class _Chain(nn.Module):
+    """Three linear layers called as a detector is (``mode='predict'``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8),
+                                  nn.Tanh())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, inputs, data_samples=None, mode='predict'):
+        return self.head(self.body(inputs))
+
+
+def _layer_inputs(model, targets, batches):
+    """Each target's inputs, stacked over the batches."""
+    seen = {t.name: [] for t in targets}
+    handles = [
+        t.module.register_forward_hook(
+            lambda m, args, out, name=t.name: seen[name].append(args[0]))
+        for t in targets
+    ]
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(x) for name, x in seen.items()}
+
+
+def test_sequential_refit_solves_each_layer_on_the_pruned_inputs():
+    """Each layer's refit is the least-squares fit, on the inputs the
+    pruned and refitted model gives it, of the unpruned layer's outputs on
+    the unpruned model's inputs."""
+    torch.manual_seed(0)
+    model = _Chain().double()
+    targets = find_targets(model)
+    batches = [
+        dict(inputs=torch.randn(40, 6, dtype=torch.float64)) for _ in range(2)
+    ]
+    dense_inputs = _layer_inputs(model, targets, batches)
+    goals = {
+        t.name: dense_inputs[t.name] @ t.weight.detach().T
+        for t in targets
+    }
+    compensation = Compensation(reconstruct=True, sequential=True, damp=0.0)
+    dense = compensation.record(model, batches, targets, ['head'])
+    keeps = {}
+    with torch.no_grad():
+        for target in targets:
+            keeps[target.name] = torch.rand_like(target.weight) > 0.5
+            target.weight.mul_(keeps[target.name])
+    report = compensation.apply(model, batches, targets, dense)
+    assert report['reconstructed'] == 3
+    inputs = _layer_inputs(model, targets, batches)
+    for target in targets:
+        weight, keep = target.weight.detach(), keeps[target.name]
+        assert torch.all(weight[~keep] == 0)
+        for row in range(weight.shape[0]):
+            kept = keep[row]
+            solution = torch.linalg.lstsq(inputs[target.name][:, kept],
+                                          goals[target.name][:, row:row + 1])
+            assert torch.allclose(weight[row, kept],
+                                  solution.solution.squeeze(1),
+                                  atol=1e-8), (target.name, row)
+
+
 @pytest.mark.parametrize('cfg, expected', [
     (dict(reconstruct=1), 'True or False'),
     (dict(damp=2), 'in [0, 1)'),
@@ -224,14 +290,16 @@ def _prune(work_dir, *options):
     return report, state
 
 
-def test_compensation_through_the_tool(tmp_path):
+@pytest.mark.parametrize('sequential', [False, True])
+def test_compensation_through_the_tool(tmp_path, sequential):
     plain, plain_state = _prune(tmp_path / 'plain')
     assert 'compensation' not in plain
     # the same curves (copied cache), with compensation
     shutil.copytree(tmp_path / 'plain' / 'curves',
                     tmp_path / 'compensated' / 'curves')
     report, state = _prune(tmp_path / 'compensated',
-                           'pruner.compensate.reconstruct=True')
+                           'pruner.compensate.reconstruct=True',
+                           f'pruner.compensate.sequential={sequential}')
     assert [layer['level'] for layer in report['layers']] == \
         [layer['level'] for layer in plain['layers']]
     compensation = report['compensation']

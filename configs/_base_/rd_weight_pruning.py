@@ -33,7 +33,13 @@ pruner = dict(
     # zero), and re-estimate BatchNorm
     # statistics on them; allocation.json reports the distortion before
     # and after
-    compensate=dict(reconstruct=False, batchnorm=False, damp=0.01))
+    # sequential=True: refit the layers in call order, each on the inputs
+    # of the pruned model with the layers before it refitted (two passes
+    # of the calibration frames per layer)
+    compensate=dict(reconstruct=False,
+                    batchnorm=False,
+                    damp=0.01,
+                    sequential=False))
 
 # one frame per batch, preprocessed once; either the config's dataloader
 # with its dataset fields overridden, or calibration = dict(frames=[...])

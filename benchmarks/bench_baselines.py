@@ -43,8 +43,9 @@ METHODS = ('rd', 'uniform', 'global', 'lamp', 'erk')
 #: RD pruning in rounds while fine-tuning (``RDPruneHook`` rounds), chosen
 #: by name: it needs two fine-tuning epochs or more.
 ITERATIVE_METHODS = ('rd-iter', )
-#: RD and LAMP followed by the compensate stage's least-squares refit of the
-#: kept weights (``pruner.compensate.reconstruct``), chosen by name.
+#: RD and LAMP followed by the compensate stage's sequential least-squares
+#: refit of the kept weights (``pruner.compensate`` ``reconstruct`` and
+#: ``sequential``), chosen by name.
 REFIT_METHODS = ('rd-refit', 'lamp-refit')
 #: Every weight method after the default ones.
 NAMED_METHODS = ITERATIVE_METHODS + REFIT_METHODS
@@ -221,6 +222,7 @@ def method_options(method: str, budget: float, budget_by: str,
     if method in REFIT_METHODS:
         method = method[:-len('-refit')]
         options['pruner.compensate.reconstruct'] = True
+        options['pruner.compensate.sequential'] = True
     if method in ('rd', 'rd-iter'):
         options['pruner.type'] = 'RDWeightPruner'
         if method == 'rd-iter':

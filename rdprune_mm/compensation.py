@@ -30,6 +30,7 @@ from torch import nn
 from .batchnorm import recalibrate_batchnorm
 from .errors import PruningInputError
 from .head_outputs import HeadOutputs
+from .progress import progress_bar
 from .targets import PruningTarget
 
 _SPARSE_KINDS = ('spconv', 'mmcv_spconv')
@@ -380,6 +381,33 @@ class Compensation:
                           cross)
         weight.copy_(rows_to_weight(target, rows, weight))
 
+    def _refit_one(self, head: HeadOutputs, batches: Sequence[dict],
+                   targets: Sequence[PruningTarget], target: PruningTarget,
+                   dense: DenseLayers, pruned: Dict[str,
+                                                    torch.Tensor]) -> None:
+        """One step of the sequential refit; ``pruned`` holds the weights
+        of the pruned model and gets the refitted layer's."""
+        dense_rows = weight_rows(target, dense.weights[target.name]).double()
+        outputs: List[torch.Tensor] = []
+        _set_weights(targets, dense.weights)
+        with LayerRows([target],
+                       lambda t, rows: outputs.append(rows @ dense_rows.T)):
+            for batch in batches:
+                head(batch)
+        _set_weights(targets, pruned)
+        sums: dict = dict(gram=0, cross=0, call=0)
+
+        def add(t: PruningTarget, rows: torch.Tensor) -> None:
+            sums['gram'] = sums['gram'] + rows.T @ rows
+            sums['cross'] = sums['cross'] + rows.T @ outputs[sums['call']]
+            sums['call'] += 1
+
+        with LayerRows([target], add):
+            for batch in batches:
+                head(batch)
+        self._refit(target, dense, sums['gram'], sums['cross'])
+        pruned[target.name] = target.weight.detach().clone()
+
     def _refit_in_order(self, model: nn.Module, batches: Sequence[dict],
                         targets: Sequence[PruningTarget],
                         layers: Sequence[PruningTarget],
@@ -391,28 +419,11 @@ class Compensation:
         pruned = {t.name: t.weight.detach().clone() for t in targets}
         _set_weights(targets, dense.weights)
         order = _call_order(head, batches[0], layers)
-        for target in order:
-            dense_rows = weight_rows(target,
-                                     dense.weights[target.name]).double()
-            outputs: List[torch.Tensor] = []
-            _set_weights(targets, dense.weights)
-            with LayerRows(
-                [target], lambda t, rows: outputs.append(rows @ dense_rows.T)):
-                for batch in batches:
-                    head(batch)
-            _set_weights(targets, pruned)
-            sums: dict = dict(gram=0, cross=0, call=0)
-
-            def add(t: PruningTarget, rows: torch.Tensor) -> None:
-                sums['gram'] = sums['gram'] + rows.T @ rows
-                sums['cross'] = sums['cross'] + rows.T @ outputs[sums['call']]
-                sums['call'] += 1
-
-            with LayerRows([target], add):
-                for batch in batches:
-                    head(batch)
-            self._refit(target, dense, sums['gram'], sums['cross'])
-            pruned[target.name] = target.weight.detach().clone()
+        with progress_bar(len(order)) as progress:
+            for target in order:
+                self._refit_one(head, batches, targets, target, dense, pruned)
+                progress.update()
+        _set_weights(targets, pruned)
         return len(order)
 
     @torch.no_grad()

@@ -441,7 +441,11 @@ def test_refit_methods_are_their_base_with_the_refit_on(method, base):
     options = bench.method_options(method, 0.25, 'flops', 2)
     expected = bench.method_options(base, 0.25, 'flops', 2)
     assert 'pruner.compensate.reconstruct' not in expected
-    assert options == dict(expected, **{'pruner.compensate.reconstruct': True})
+    assert options == dict(
+        expected, **{
+            'pruner.compensate.reconstruct': True,
+            'pruner.compensate.sequential': True
+        })
 
 
 def test_channel_benchmark_evaluates_and_times_the_slim_models(

@@ -8,7 +8,8 @@ Two steps, each switchable (``pruner.compensate``):
   problem), with every pruned weight held at exactly zero. For output row
   ``w`` with kept entries ``S`` and the Gram matrix ``H = X Xᵀ`` of the
   layer's inputs ``X`` (image patches for a conv), the refit is
-  ``w_S = (H_SS + λI)⁻¹ H_S: w``, with ``λ`` a ``damp`` share of H's mean
+  ``w_S = (H_SS + λI)⁻¹ (H_S: w + λ w_S)``, with ``λ`` a ``damp`` share of
+  H's mean
   diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d,
   nn.ConvTranspose2d whose kernel equals its stride, and sparse
   convolutions (spconv 2 and mmcv.ops; not spconv's 1x1 layers), whose
@@ -20,6 +21,7 @@ Two steps, each switchable (``pruner.compensate``):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -229,7 +231,9 @@ def refit_rows(dense: torch.Tensor,
         dense: ``(rows, d)`` unpruned weights.
         kept: ``(rows, d)`` bool, the entries that stay.
         gram: ``(d, d)`` Gram matrix of the inputs the refit layer gets.
-        damp: Share of the mean diagonal added to it (ridge).
+        damp: Share of the mean diagonal added to it: a ridge towards the
+            unpruned kept weights (a large ``damp`` leaves them as they
+            are; OBC / SparseGPT's damping of H).
         cross: ``(d, rows)``: ``Σ x̂ yᵀ`` of those inputs and the unpruned
             layer's outputs on its own inputs; None when the inputs are the
             unpruned model's (then it is ``gram @ dense.T``).
@@ -241,9 +245,10 @@ def refit_rows(dense: torch.Tensor,
     """
     dense = dense.double()
     ridge = damp * gram.diagonal().mean().clamp_min(1e-12)
+    # minimises ||X̂ᵀ w_S - y||² + ridge ||w_S - dense_S||²
     refit = torch.zeros_like(dense)
-    # row r: Σ x̂ y_r
-    targets = dense @ gram if cross is None else cross.T
+    # row r: Σ x̂ y_r, plus the ridge's pull towards the unpruned weights
+    targets = (dense @ gram if cross is None else cross.T) + ridge * dense
     for row in range(dense.shape[0]):
         keep = kept[row]
         if cross is None and bool(keep.all()):
@@ -304,7 +309,9 @@ class Compensation:
             (weight pruning only).
         batchnorm: Re-estimate every BatchNorm's running statistics on the
             calibration frames after the pruning.
-        damp: Ridge of the refit, a share of the mean diagonal of H.
+        damp: Ridge of the refit towards the unpruned kept weights, a share
+            of the mean diagonal of H (0: the least-squares fit; large:
+            the kept weights as they were).
         sequential: Refit the layers in the order the model calls them,
             each on the inputs the pruned model gives it with the layers
             before it already refitted, towards the unpruned layer's outputs
@@ -327,10 +334,10 @@ class Compensation:
                     f'pruner.compensate.{key}={value!r} must be True or '
                     'False')
         if isinstance(damp, bool) or not isinstance(
-                damp, (int, float)) or not 0 <= damp < 1:
+                damp, (int, float)) or not 0 <= damp < math.inf:
             raise PruningInputError(
-                f'pruner.compensate.damp={damp!r} must be a number in '
-                '[0, 1), e.g. 0.01')
+                f'pruner.compensate.damp={damp!r} must be a number >= 0, '
+                'e.g. 0.01')
         self.reconstruct = reconstruct
         self.batchnorm = batchnorm
         self.damp = float(damp)

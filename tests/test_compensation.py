@@ -256,9 +256,31 @@ def test_sequential_refit_solves_each_layer_on_the_pruned_inputs():
                                   atol=1e-8), (target.name, row)
 
 
+def test_damp_pulls_the_refit_towards_the_unpruned_weights():
+    """damp 0 is the least-squares fit, a large damp the masked unpruned
+    weights, and the fit's distance to them falls as damp grows."""
+    torch.manual_seed(0)
+    x = torch.randn(30, 8, dtype=torch.float64)
+    gram = x.T @ x
+    dense = torch.randn(4, 8, dtype=torch.float64)
+    kept = torch.rand(4, 8) > 0.4
+    kept[:, 0] = True
+    distances = []
+    for damp in (0.0, 0.1, 1.0, 1e9):
+        refit = refit_rows(dense, kept, gram, damp)
+        assert torch.all(refit[~kept] == 0)
+        distances.append(float((refit - dense * kept).norm()))
+    assert distances[0] > distances[1] > distances[2] > distances[3]
+    assert distances[3] < 1e-6
+    exact = torch.linalg.lstsq(x[:, kept[0]], (x @ dense[0])[:, None])
+    assert torch.allclose(
+        refit_rows(dense, kept, gram, 0.0)[0, kept[0]],
+        exact.solution.squeeze(1))
+
+
 @pytest.mark.parametrize('cfg, expected', [
     (dict(reconstruct=1), 'True or False'),
-    (dict(damp=2), 'in [0, 1)'),
+    (dict(damp=-1), 'a number >= 0'),
     (dict(refit=True), "unknown key(s) ['refit']"),
 ])
 def test_bad_settings(cfg, expected):
@@ -290,13 +312,20 @@ def _prune(work_dir, *options):
     return report, state
 
 
+@pytest.fixture(scope='module')
+def plain_run(tmp_path_factory):
+    """The pruning without compensation, whose curves the others reuse."""
+    work_dir = tmp_path_factory.mktemp('plain')
+    report, state = _prune(work_dir)
+    return work_dir, report, state
+
+
 @pytest.mark.parametrize('sequential', [False, True])
-def test_compensation_through_the_tool(tmp_path, sequential):
-    plain, plain_state = _prune(tmp_path / 'plain')
+def test_compensation_through_the_tool(plain_run, tmp_path, sequential):
+    plain_dir, plain, plain_state = plain_run
     assert 'compensation' not in plain
     # the same curves (copied cache), with compensation
-    shutil.copytree(tmp_path / 'plain' / 'curves',
-                    tmp_path / 'compensated' / 'curves')
+    shutil.copytree(plain_dir / 'curves', tmp_path / 'compensated' / 'curves')
     report, state = _prune(tmp_path / 'compensated',
                            'pruner.compensate.reconstruct=True',
                            f'pruner.compensate.sequential={sequential}')

@@ -37,9 +37,9 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def run_ranks(mode, out_dir, argv=(), world_size=2, timeout=240):
+def start_ranks(mode, out_dir, argv=(), world_size=2):
     """Start ``tests/dist_worker.py`` once per rank with torchrun's
-    environment; returns per rank its record, stdout and stderr."""
+    environment; :func:`collect_ranks` waits for them."""
     os.makedirs(out_dir, exist_ok=True)
     port = str(_free_port())
     procs = []
@@ -53,6 +53,12 @@ def run_ranks(mode, out_dir, argv=(), world_size=2, timeout=240):
             [sys.executable, WORKER, mode, str(out_dir), '--', *argv],
             cwd=REPO, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
+    return out_dir, procs
+
+
+def collect_ranks(started, timeout=240):
+    """Per rank of :func:`start_ranks`: its record, stdout and stderr."""
+    out_dir, procs = started
     ranks = []
     for rank, proc in enumerate(procs):
         out, err = proc.communicate(timeout=timeout)
@@ -61,6 +67,20 @@ def run_ranks(mode, out_dir, argv=(), world_size=2, timeout=240):
         assert proc.returncode == record['rc'], err[-2000:]
         ranks.append(dict(record, out=out, err=err))
     return ranks
+
+
+def run_ranks(mode, out_dir, argv=(), world_size=2, timeout=240):
+    """:func:`start_ranks`, then :func:`collect_ranks`."""
+    return collect_ranks(start_ranks(mode, out_dir, argv, world_size), timeout)
+
+
+def alone_and_on_two(mode, out_dir, argv_alone=(), argv_two=()):
+    """One process and two ranks of ``mode`` side by side (one thread
+    each); returns the one process's record and the two ranks'."""
+    alone = start_ranks(mode, out_dir / 'one', argv_alone, world_size=1)
+    two = run_ranks(mode, out_dir / 'two', argv_two)
+    one, = collect_ranks(alone)
+    return one, two
 
 
 def _report(work_dir):
@@ -239,13 +259,10 @@ def test_hook_under_ddp_keeps_masks_equal_and_held(tmp_path):
         config, '--finetune', '--launcher', 'pytorch', '--cfg-options',
         'train_cfg.max_iters=2'
     ]
-    one, = run_ranks(
-        'finetune',
-        tmp_path / 'one',
+    one, ranks = alone_and_on_two(
+        'finetune', tmp_path / 'records',
         [*argv, '--work-dir', str(tmp_path / 'alone')],
-        world_size=1)
-    ranks = run_ranks('finetune', tmp_path / 'records',
-                      [*argv, '--work-dir', work_dir])
+        [*argv, '--work-dir', work_dir])
     assert [one['rc']] + [r['rc'] for r in ranks] == [0, 0, 0]
     assert ('the 2 calibration frames of each split across 2 ranks '
             '(1 on rank 0)') in ranks[0]['out'] + ranks[0]['err']
@@ -310,8 +327,7 @@ def test_hook_slims_the_ddp_model_and_ddp_syncs_the_slim_weights(tmp_path):
 def test_sketch_split_across_ranks_equals_one_process(tmp_path):
     """Each rank sketches its share of the frames; the gathered rows are
     those of one process, in frame order."""
-    one, = run_ranks('sketch', tmp_path / 'one', world_size=1)
-    two = run_ranks('sketch', tmp_path / 'two', world_size=2)
+    one, two = alone_and_on_two('sketch', tmp_path)
     assert one['sketched'] == [0, 1, 2]
     assert [r['sketched'] for r in two] == [[0, 2], [1]]
     assert two[0]['rows'] == two[1]['rows'] == one['rows']
@@ -320,8 +336,7 @@ def test_sketch_split_across_ranks_equals_one_process(tmp_path):
 
 
 def test_frames_of_each_pass_split_across_ranks_equal_one_process(tmp_path):
-    one, = run_ranks('curves', tmp_path / 'one', world_size=1)
-    two = run_ranks('curves', tmp_path / 'two')
+    one, two = alone_and_on_two('curves', tmp_path)
     assert [one['rc']] + [r['rc'] for r in two] == [0, 0, 0]
     # 3 layers x 3 levels: 4 frames a pass alone, 2 on each rank
     assert one['ran'] == [0, 1, 2, 3] * 9

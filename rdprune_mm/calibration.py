@@ -232,3 +232,27 @@ def calibration_batches(cfg: Config, model: nn.Module,
             'the calibration set is empty; give calibration.frames or a '
             'calibration.dataset with at least one sample')
     return batches
+
+
+def compensation_batches(cfg: Config, model: nn.Module,
+                         calibration: dict | ConfigDict,
+                         num_samples: Optional[int]) -> Optional[List[dict]]:
+    """The frames of ``pruner.compensate.num_samples``: the first
+    ``num_samples`` of the calibration's dataloader, so the calibration
+    frames and the ones after them (None for None: the calibration
+    frames themselves).
+
+    Raises:
+        PruningInputError: If the calibration lists its frames
+            (``calibration.frames``), which leaves none to add.
+    """
+    if num_samples is None:
+        return None
+    if calibration.get('frames'):
+        raise PruningInputError(
+            'pruner.compensate.num_samples takes frames from the '
+            'calibration dataloader, but calibration.frames lists them; '
+            'list every frame there and leave num_samples out')
+    return calibration_batches(cfg, model, {
+        **calibration, 'num_samples': num_samples
+    })

@@ -325,7 +325,8 @@ class Compensation:
                  reconstruct: bool = False,
                  batchnorm: bool = False,
                  damp: float = 0.01,
-                 sequential: bool = False) -> None:
+                 sequential: bool = False,
+                 num_samples: Optional[int] = None) -> None:
         for key, value in (('reconstruct', reconstruct),
                            ('batchnorm', batchnorm), ('sequential',
                                                       sequential)):
@@ -338,6 +339,13 @@ class Compensation:
             raise PruningInputError(
                 f'pruner.compensate.damp={damp!r} must be a number >= 0, '
                 'e.g. 0.01')
+        if num_samples is not None and (isinstance(num_samples, bool)
+                                        or not isinstance(num_samples, int)
+                                        or num_samples < 1):
+            raise PruningInputError(
+                f'pruner.compensate.num_samples={num_samples!r} must be a '
+                'number of frames >= 1, or None for the calibration frames')
+        self.num_samples = num_samples
         self.reconstruct = reconstruct
         self.batchnorm = batchnorm
         self.damp = float(damp)
@@ -396,21 +404,20 @@ class Compensation:
         of the pruned model and gets the refitted layer's."""
         dense_rows = weight_rows(target, dense.weights[target.name]).double()
         outputs: List[torch.Tensor] = []
-        _set_weights(targets, dense.weights)
-        with LayerRows([target],
-                       lambda t, rows: outputs.append(rows @ dense_rows.T)):
-            for batch in batches:
-                head(batch)
-        _set_weights(targets, pruned)
-        sums: dict = dict(gram=0, cross=0, call=0)
+        sums: dict = dict(gram=0, cross=0)
 
         def add(t: PruningTarget, rows: torch.Tensor) -> None:
             sums['gram'] = sums['gram'] + rows.T @ rows
-            sums['cross'] = sums['cross'] + rows.T @ outputs[sums['call']]
-            sums['call'] += 1
+            sums['cross'] = sums['cross'] + rows.T @ outputs.pop(0)
 
-        with LayerRows([target], add):
-            for batch in batches:
+        # frame by frame, so that one frame's outputs are held at a time
+        for batch in batches:
+            _set_weights(targets, dense.weights)
+            with LayerRows(
+                [target], lambda t, rows: outputs.append(rows @ dense_rows.T)):
+                head(batch)
+            _set_weights(targets, pruned)
+            with LayerRows([target], add):
                 head(batch)
         self._refit(target, dense, sums['gram'], sums['cross'])
         pruned[target.name] = target.weight.detach().clone()
@@ -441,12 +448,14 @@ class Compensation:
 
         Returns:
             dict: ``reconstructed`` (layers refitted: partly pruned ones),
-            ``not_reconstructed``
-            (pruned layers of other kinds, by kind) and ``batchnorm``
-            (BatchNorm layers re-estimated).
+            ``not_reconstructed`` (pruned layers of other kinds, by kind),
+            ``batchnorm`` (BatchNorm layers re-estimated) and ``frames``
+            (the calibration frames they used).
         """
-        report: dict = dict(reconstructed=0, not_reconstructed={},
-                            batchnorm=0)
+        report: dict = dict(reconstructed=0,
+                            not_reconstructed={},
+                            batchnorm=0,
+                            frames=len(batches))
         if dense is not None:
             layers = []
             for target in targets:
@@ -475,12 +484,12 @@ def build_compensation(cfg: Optional[dict],
 
     Args:
         cfg: ``dict(reconstruct=..., batchnorm=..., damp=...,
-            sequential=...)`` or None.
+            sequential=..., num_samples=...)`` or None.
         allow_reconstruct: False for pruners whose masks are not weight
             masks (channel pruning).
     """
     cfg = dict(cfg or {})
-    allowed = {'reconstruct', 'batchnorm', 'damp', 'sequential'}
+    allowed = {'reconstruct', 'batchnorm', 'damp', 'sequential', 'num_samples'}
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise PruningInputError(

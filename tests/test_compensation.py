@@ -281,6 +281,7 @@ def test_damp_pulls_the_refit_towards_the_unpruned_weights():
 @pytest.mark.parametrize('cfg, expected', [
     (dict(reconstruct=1), 'True or False'),
     (dict(damp=-1), 'a number >= 0'),
+    (dict(num_samples=0), 'a number of frames >= 1'),
     (dict(refit=True), "unknown key(s) ['refit']"),
 ])
 def test_bad_settings(cfg, expected):
@@ -337,6 +338,7 @@ def test_compensation_through_the_tool(plain_run, tmp_path, sequential):
     ]
     assert compensation['reconstructed'] == len(refitted) > 0
     assert compensation['not_reconstructed'] == {}
+    assert compensation['frames'] == 1
     assert compensation['distortion_before'] == pytest.approx(
         plain['totals']['measured_distortion'])
     assert compensation['distortion_after'] == \

@@ -14,6 +14,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 
 import rdprune_mm
 
+from ..calibration import compensation_batches
 from ..distributed import get_rank_and_world_size, run_everywhere
 from ..errors import PruningInputError
 from ..fileio import atomic_write, write_json
@@ -159,8 +160,13 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
     model, meta, batches = run_everywhere(
         lambda: prepare_detector(cfg, checkpoint, device,
                                  trust_checkpoint=trust_checkpoint))
-    result = pruner.prune(
-        model, batches, cache_dir=osp.join(work_dir, 'curves'))
+    frames = run_everywhere(
+        lambda: compensation_batches(cfg, model, cfg.get('calibration', {}),
+                                     pruner.compensation.num_samples))
+    result = pruner.prune(model,
+                          batches,
+                          cache_dir=osp.join(work_dir, 'curves'),
+                          compensation_batches=frames)
 
     report = allocation_report(
         result,

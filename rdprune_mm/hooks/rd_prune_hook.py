@@ -15,7 +15,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import nn
 
-from ..calibration import calibration_batches
+from ..calibration import calibration_batches, compensation_batches
 from ..channels.export import slim_config
 from ..checkpoint import checkpoint_misfit
 from ..distributed import (broadcast_module_state, check_same_everywhere,
@@ -241,11 +241,15 @@ class RDPruneHook(Hook):
         broadcast_module_state(model)
         batches = run_everywhere(
             lambda: calibration_batches(runner.cfg, model, self.calibration))
-        result = pruner.prune(
-            model,
-            batches,
-            cache_dir=osp.join(runner.work_dir, self.curve_dir),
-            keep_within=self.masks or None)
+        frames = run_everywhere(
+            lambda: compensation_batches(runner.cfg, model, self.calibration,
+                                         pruner.compensation.num_samples))
+        result = pruner.prune(model,
+                              batches,
+                              cache_dir=osp.join(runner.work_dir,
+                                                 self.curve_dir),
+                              keep_within=self.masks or None,
+                              compensation_batches=frames)
         if self.slims_channels:
             check_masks_everywhere(result.keeps)
             self.structure = slim_runner_model(runner, result.keeps,

@@ -207,7 +207,8 @@ class PruningPipeline:
               model: nn.Module,
               batches: Sequence[dict],
               cache_dir: Optional[str] = None,
-              keep_within: Optional[Dict[str, torch.Tensor]] = None):
+              keep_within: Optional[Dict[str, torch.Tensor]] = None,
+              compensation_batches: Optional[Sequence[dict]] = None):
         """Run every stage on ``model``, which is pruned in place.
 
         Args:
@@ -216,6 +217,8 @@ class PruningPipeline:
             cache_dir: Folder of the curve cache (None: no cache).
             keep_within: Masks of an earlier round (weight pruning): a
                 weight pruned there stays pruned.
+            compensation_batches: The compensate stage's batches
+                (``pruner.compensate.num_samples``); None: ``batches``.
 
         Returns:
             The pruner's result (:mod:`rdprune_mm.results`).
@@ -241,11 +244,14 @@ class PruningPipeline:
         # computed once, on rank 0: every rank applies the same levels
         allocation = on_rank_zero(lambda: self.allocate(state, curves))
 
+        frames = batches if compensation_batches is None \
+            else compensation_batches
+
         def finish():
-            dense = self.compensation.record(model, batches, state.targets,
+            dense = self.compensation.record(model, frames, state.targets,
                                              self.head_modules)
             masks = self.apply(model, state, allocation)
-            compensation = self.compensate(model, batches, state, dense)
+            compensation = self.compensate(model, frames, state, dense)
             measured = self.verify(state)
             result = self.result(state, curves, allocation, masks, measured)
             if compensation is not None:

@@ -5,6 +5,7 @@ for sparse convolutions against a least-squares solve on patches cut from
 the dense grid), keeps every pruned weight at zero, and through
 tools/prune.py leaves the allocation as it was and lowers the measured
 distortion."""
+import copy
 import glob
 import json
 import os.path as osp
@@ -276,6 +277,42 @@ def test_damp_pulls_the_refit_towards_the_unpruned_weights():
     assert torch.allclose(
         refit_rows(dense, kept, gram, 0.0)[0, kept[0]],
         exact.solution.squeeze(1))
+
+
+def test_the_refit_uses_its_own_frames():
+    """With compensation_batches (pruner.compensate.num_samples) the refit
+    is the least-squares fit on those frames, not on the curves' frame."""
+    from test_channel_pruner import tiny_setup
+
+    from rdprune_mm.head_outputs import HeadOutputs
+    from rdprune_mm.pruners import RDWeightPruner
+    model, batches = tiny_setup()
+    generator = torch.Generator().manual_seed(1)
+    frames = batches + [
+        dict(inputs=torch.randn(1, 3, 12, 12, generator=generator),
+             data_samples=None) for _ in range(3)
+    ]
+    twin = copy.deepcopy(model)
+    pruner = RDWeightPruner(budget=0.5,
+                            num_levels=3,
+                            head_modules=['head'],
+                            targets=dict(include=['^conv2$']),
+                            compensate=dict(reconstruct=True))
+    result = pruner.prune(model, batches[:1], compensation_batches=frames)
+    assert result.compensation['frames'] == 5
+    target, = find_targets(twin, ['^conv2$'])
+    head = HeadOutputs(twin, ['head'])
+    refits = []
+    for used in (frames, batches[:1]):
+        with LayerInputs([target]) as recorded, torch.no_grad():
+            for batch in used:
+                head(batch)
+        rows = refit_rows(weight_rows(target, twin.conv2.weight),
+                          weight_rows(target, result.masks['conv2']),
+                          recorded.grams['conv2'], 0.01)
+        refits.append(rows_to_weight(target, rows, twin.conv2.weight))
+    assert torch.allclose(model.conv2.weight.double(), refits[0], atol=1e-5)
+    assert not torch.allclose(refits[0], refits[1], atol=1e-3)
 
 
 @pytest.mark.parametrize('cfg, expected', [

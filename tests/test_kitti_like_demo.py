@@ -444,7 +444,7 @@ def test_refit_methods_are_their_base_with_the_refit_on(method, base):
     assert options == dict(
         expected, **{
             'pruner.compensate.reconstruct': True,
-            'pruner.compensate.sequential': True
+            'pruner.compensate.num_samples': bench.REFIT_FRAMES
         })
 
 

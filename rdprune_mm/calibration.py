@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose, pseudo_collate
+from mmengine.logging import MMLogger
 from mmengine.registry import DATA_SAMPLERS
 from mmengine.runner import Runner
 from torch import nn
@@ -253,6 +254,12 @@ def compensation_batches(cfg: Config, model: nn.Module,
             'pruner.compensate.num_samples takes frames from the '
             'calibration dataloader, but calibration.frames lists them; '
             'list every frame there and leave num_samples out')
-    return calibration_batches(cfg, model, {
+    batches = calibration_batches(cfg, model, {
         **calibration, 'num_samples': num_samples
     })
+    if len(batches) < num_samples:
+        MMLogger.get_current_instance().warning(
+            f'pruner.compensate.num_samples={num_samples}, but the '
+            f'calibration dataset has {len(batches)} frame(s); compensating '
+            'on those')
+    return batches

@@ -54,17 +54,15 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     import rdprune_mm.models  # noqa: F401 (CenterHeadNoVelocity)
-    from rdprune_mm.apis import build_detector, load_config, read_checkpoint
-    from rdprune_mm.calibration import calibration_batches
+    from rdprune_mm.apis import load_config, prepare_detector, read_checkpoint
     from rdprune_mm.errors import PruningInputError
     from rdprune_mm.fileio import write_json
     from rdprune_mm.head_outputs import HeadOutputs
     from rdprune_mm.registry import DISTORTIONS
     cfg = load_config(args.config)
-    model, _ = build_detector(cfg, args.dense)
     last = max(stop for _, stop in args.frames)
-    calibration = dict(cfg.get('calibration', {}), num_samples=last)
-    batches = calibration_batches(cfg, model, calibration)
+    cfg.calibration = dict(cfg.get('calibration', {}), num_samples=last)
+    model, _, batches = prepare_detector(cfg, args.dense)
     if len(batches) < last:
         raise PruningInputError(
             f'the calibration dataset has {len(batches)} frames; --frames '

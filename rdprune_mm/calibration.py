@@ -241,7 +241,9 @@ def compensation_batches(cfg: Config, model: nn.Module,
     """The frames of ``pruner.compensate.num_samples``: the first
     ``num_samples`` of the calibration's dataloader, so the calibration
     frames and the ones after them (None for None: the calibration
-    frames themselves).
+    frames themselves; callers pass
+    :attr:`~rdprune_mm.compensation.Compensation.frames_wanted`, None
+    when the compensate stage is off, so that no frame is loaded for it).
 
     Raises:
         PruningInputError: If the calibration lists its frames

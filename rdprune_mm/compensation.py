@@ -9,8 +9,7 @@ Two steps, each switchable (``pruner.compensate``):
   ``w`` with kept entries ``S`` and the Gram matrix ``H = X Xᵀ`` of the
   layer's inputs ``X`` (image patches for a conv), the refit is
   ``w_S = (H_SS + λI)⁻¹ (H_S: w + λ w_S)``, with ``λ`` a ``damp`` share of
-  H's mean
-  diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d,
+  H's mean diagonal. It covers nn.Linear, nn.Conv2d, 1x1 nn.Conv1d and nn.Conv3d,
   nn.ConvTranspose2d whose kernel equals its stride, and sparse
   convolutions (spconv 2 and mmcv.ops; not spconv's 1x1 layers), whose
   input rows are gathered through the layer's own input-output pairs
@@ -355,6 +354,12 @@ class Compensation:
     def enabled(self) -> bool:
         return self.reconstruct or self.batchnorm
 
+    @property
+    def frames_wanted(self) -> Optional[int]:
+        """The frames to prepare for this stage beside the calibration's:
+        ``num_samples`` when the stage runs, else None."""
+        return self.num_samples if self.enabled else None
+
     @torch.no_grad()
     def record(self, model: nn.Module, batches: Sequence[dict],
                targets: Sequence[PruningTarget],
@@ -431,6 +436,8 @@ class Compensation:
         inputs. Returns the number of layers refitted (those that run)."""
         head = HeadOutputs(model, dense.head_modules)
         pruned = {t.name: t.weight.detach().clone() for t in targets}
+        # the first pass also fixes a two-stage head's proposals for
+        # batches[0] (HeadOutputs): they must be the unpruned model's
         _set_weights(targets, dense.weights)
         order = _call_order(head, batches[0], layers)
         with progress_bar(len(order)) as progress:

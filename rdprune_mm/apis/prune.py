@@ -162,7 +162,7 @@ def _prune(cfg: Config, name: str, pruner, checkpoint: Optional[str],
                                  trust_checkpoint=trust_checkpoint))
     frames = run_everywhere(
         lambda: compensation_batches(cfg, model, cfg.get('calibration', {}),
-                                     pruner.compensation.num_samples))
+                                     pruner.compensation.frames_wanted))
     result = pruner.prune(model,
                           batches,
                           cache_dir=osp.join(work_dir, 'curves'),

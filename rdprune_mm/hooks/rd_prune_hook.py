@@ -243,7 +243,7 @@ class RDPruneHook(Hook):
             lambda: calibration_batches(runner.cfg, model, self.calibration))
         frames = run_everywhere(
             lambda: compensation_batches(runner.cfg, model, self.calibration,
-                                         pruner.compensation.num_samples))
+                                         pruner.compensation.frames_wanted))
         result = pruner.prune(model,
                               batches,
                               cache_dir=osp.join(runner.work_dir,

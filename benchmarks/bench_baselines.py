@@ -46,7 +46,8 @@ ITERATIVE_METHODS = ('rd-iter', )
 #: RD and LAMP followed by the compensate stage's least-squares refit of the
 #: kept weights on the first REFIT_FRAMES train frames
 #: (``pruner.compensate`` ``reconstruct`` and ``num_samples``), chosen by
-#: name.
+#: name; RD's curves are measured after each layer's refit
+#: (``pruner.compensate.curves``), so that its allocation counts the refit.
 REFIT_METHODS = ('rd-refit', 'lamp-refit')
 #: Frames of the refit: with the curves' 4, a refit at 3.89x fewer FLOPs
 #: fits those frames and not others (docs/compensation.md).
@@ -227,6 +228,8 @@ def method_options(method: str, budget: float, budget_by: str,
         method = method[:-len('-refit')]
         options['pruner.compensate.reconstruct'] = True
         options['pruner.compensate.num_samples'] = REFIT_FRAMES
+        if method == 'rd':
+            options['pruner.compensate.curves'] = True
     if method in ('rd', 'rd-iter'):
         options['pruner.type'] = 'RDWeightPruner'
         if method == 'rd-iter':

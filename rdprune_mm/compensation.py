@@ -318,6 +318,12 @@ class Compensation:
             of the calibration frames per refitted layer. False: every
             layer on the unpruned model's inputs, from one pass before the
             pruning.
+        num_samples: Frames of the refit and the BatchNorm statistics: the
+            calibration dataloader's first ``num_samples`` (None: the
+            curves' calibration frames).
+        curves: Measure the curves with each layer's kept weights refitted
+            (:mod:`rdprune_mm.refitted_curves`), so that the allocation
+            counts what the refit recovers; needs ``reconstruct``.
     """
 
     def __init__(self,
@@ -325,10 +331,11 @@ class Compensation:
                  batchnorm: bool = False,
                  damp: float = 0.01,
                  sequential: bool = False,
-                 num_samples: Optional[int] = None) -> None:
-        for key, value in (('reconstruct', reconstruct),
-                           ('batchnorm', batchnorm), ('sequential',
-                                                      sequential)):
+                 num_samples: Optional[int] = None,
+                 curves: bool = False) -> None:
+        for key, value in (('reconstruct', reconstruct), ('batchnorm',
+                                                          batchnorm),
+                           ('sequential', sequential), ('curves', curves)):
             if not isinstance(value, bool):
                 raise PruningInputError(
                     f'pruner.compensate.{key}={value!r} must be True or '
@@ -344,7 +351,12 @@ class Compensation:
             raise PruningInputError(
                 f'pruner.compensate.num_samples={num_samples!r} must be a '
                 'number of frames >= 1, or None for the calibration frames')
+        if curves and not reconstruct:
+            raise PruningInputError(
+                'pruner.compensate.curves=True measures the curves after the '
+                'refit; it needs pruner.compensate.reconstruct=True')
         self.num_samples = num_samples
+        self.curves = curves
         self.reconstruct = reconstruct
         self.batchnorm = batchnorm
         self.damp = float(damp)
@@ -366,13 +378,13 @@ class Compensation:
                head_modules: Optional[Sequence[str]] = None
                ) -> Optional[DenseLayers]:
         """Before the pruning: the unpruned weights, and without
-        ``sequential`` the input Gram matrices of the layers to refit
-        (None without ``reconstruct``)."""
+        ``sequential`` or with ``curves`` the input Gram matrices of the
+        layers to refit (None without ``reconstruct``)."""
         if not self.reconstruct:
             return None
         layers = [t for t in targets if reconstructable(t)]
         names = [t.name for t in layers]
-        if self.sequential:
+        if self.sequential and not self.curves:
             return DenseLayers(
                 weights={t.name: t.weight.detach().clone()
                          for t in targets},
@@ -380,12 +392,15 @@ class Compensation:
                 refittable=names,
                 head_modules=head_modules)
         head = HeadOutputs(model, head_modules)
-        with LayerInputs(layers) as inputs:
+        with LayerInputs(layers) as inputs, progress_bar(
+                len(batches)) as progress:
             for batch in batches:
                 head(batch)
+                progress.update()
+        kept = targets if self.sequential else layers
         return DenseLayers(
             weights={t.name: t.weight.detach().clone()
-                     for t in layers},
+                     for t in kept},
             grams=inputs.grams,
             refittable=names,
             head_modules=head_modules)
@@ -491,12 +506,15 @@ def build_compensation(cfg: Optional[dict],
 
     Args:
         cfg: ``dict(reconstruct=..., batchnorm=..., damp=...,
-            sequential=..., num_samples=...)`` or None.
+            sequential=..., num_samples=..., curves=...)`` or None.
         allow_reconstruct: False for pruners whose masks are not weight
             masks (channel pruning).
     """
     cfg = dict(cfg or {})
-    allowed = {'reconstruct', 'batchnorm', 'damp', 'sequential', 'num_samples'}
+    allowed = {
+        'reconstruct', 'batchnorm', 'damp', 'sequential', 'num_samples',
+        'curves'
+    }
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise PruningInputError(

@@ -32,13 +32,14 @@ pruner = dict(
     # unpruned outputs on the calibration frames (pruned weights stay
     # zero), and re-estimate BatchNorm
     # statistics on them; allocation.json reports the distortion before
-    # and after. Two more keys (their defaults are the pruner's, left out
-    # so that the digests of configs made before them stay):
+    # and after. Three more keys (their defaults are the pruner's, left
+    # out so that the digests of configs made before them stay):
     # sequential=True refits the layers in call order, each on the inputs
     # of the pruned model with the layers before it refitted (two passes
     # of the calibration frames per layer); num_samples=N compensates on
     # the calibration dataloader's first N frames instead of the
-    # calibration frames
+    # calibration frames; curves=True measures the curves after each
+    # layer's refit, so that the allocation counts what the refit recovers
     compensate=dict(reconstruct=False, batchnorm=False, damp=0.01))
 
 # one frame per batch, preprocessed once; either the config's dataloader

@@ -56,6 +56,8 @@ class PruningState:
         cost: The cost model the budget is met in.
         cache: Where the curves are cached.
         earlier: Weight masks of an earlier round (weight pruning).
+        dense: The unpruned layers the compensate stage recorded before
+            the curves (``pruner.compensate.curves``), else None.
         extra: What one pruner keeps for its own stages.
     """
 
@@ -65,6 +67,7 @@ class PruningState:
     cost: Optional[CostModel] = None
     cache: Optional[CurveCache] = None
     earlier: Dict[str, torch.Tensor] = field(default_factory=dict)
+    dense: Optional[DenseLayers] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -225,6 +228,8 @@ class PruningPipeline:
         """
         self.check_keep_within(keep_within)
         start = time.perf_counter()
+        frames = batches if compensation_batches is None \
+            else compensation_batches
 
         def prepare() -> PruningState:
             targets, extra = self.select(model)
@@ -234,6 +239,9 @@ class PruningPipeline:
                                       self.head_modules, self.distortion),
                 earlier=dict(keep_within or {}),
                 extra=extra)
+            if self.compensation.curves:
+                state.dense = self.compensation.record(model, frames, targets,
+                                                       self.head_modules)
             self.setup(model, batches, state, cache_dir)
             self.check_budget(state)
             return state
@@ -244,12 +252,10 @@ class PruningPipeline:
         # computed once, on rank 0: every rank applies the same levels
         allocation = on_rank_zero(lambda: self.allocate(state, curves))
 
-        frames = batches if compensation_batches is None \
-            else compensation_batches
-
         def finish():
-            dense = self.compensation.record(model, frames, state.targets,
-                                             self.head_modules)
+            dense = state.dense if state.dense is not None else \
+                self.compensation.record(model, frames, state.targets,
+                                         self.head_modules)
             masks = self.apply(model, state, allocation)
             compensation = self.compensate(model, frames, state, dense)
             measured = self.verify(state)

@@ -13,11 +13,13 @@ from torch import nn
 
 from ..curves import taylor_curves
 from ..errors import PruningInputError
+from ..fileio import fingerprint
 from ..flops import flops_cost_table, layer_flops
 from ..masks import apply_masks, pruned_counts, sparsity_grid
 from ..pipeline import (BudgetSearch, PruningPipeline, PruningState,
                         TableCost, build_importance, calibrate, check_choice,
                         check_num_levels, check_positive_int)
+from ..refitted_curves import LevelRefits, RefittedWeightUnit
 from ..registry import PRUNERS
 from ..results import LayerAllocation, PruningResult
 from ..sketch import GradientSketch
@@ -180,6 +182,10 @@ class RDWeightPruner(PruningPipeline):
                 'least 1>, seed=<int>)')
         super().__init__(budget, distortion, min_keep, head_modules, targets,
                          compensate, replay_unchanged)
+        if self.compensation.curves and self.curve_estimator != 'empirical':
+            raise PruningInputError(
+                'pruner.compensate.curves=True measures the curves after the '
+                "refit; it needs pruner.curves='empirical'")
         self.sparsities = sparsity_grid(check_num_levels(num_levels))
         self.resolution = check_positive_int(resolution,
                                              'pruner.resolution')
@@ -208,6 +214,10 @@ class RDWeightPruner(PruningPipeline):
         if self.uses_sketch:
             # directions drawn per frame (any split across processes)
             settings['sketch'] = dict(self.sketch_cfg, directions='per frame')
+        if state.dense is not None:
+            settings['refit'] = dict(damp=self.compensation.damp,
+                                     grams=fingerprint(
+                                         sorted(state.dense.grams.items())))
         return settings
 
     def _measure_sketch(self, batches: Sequence[dict],
@@ -240,11 +250,17 @@ class RDWeightPruner(PruningPipeline):
                     t.name not in state.cache for t in state.targets)):
             sketch = self._measure_sketch(batches, state)
         state.extra['sketch'] = sketch
-        state.units = [
-            WeightUnit(t, self.importance.order(t, sketch),
-                       pruned_counts(t.num_params, self.sparsities))
-            for t in state.targets
-        ]
+        refits = None if state.dense is None else LevelRefits(
+            state.dense, self.compensation.damp)
+        state.units = []
+        for target in state.targets:
+            order = self.importance.order(target, sketch)
+            counts = pruned_counts(target.num_params, self.sparsities)
+            if refits is not None and target.name in state.dense.refittable:
+                state.units.append(
+                    RefittedWeightUnit(target, order, counts, refits))
+            else:
+                state.units.append(WeightUnit(target, order, counts))
         state.cost = weight_costs(state.targets, state.units,
                                   state.calibration.uses, self.budget_by,
                                   state.earlier)

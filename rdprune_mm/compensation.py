@@ -219,6 +219,11 @@ class LayerInputs(LayerRows):
         self.grams[target.name] = gram
 
 
+def refit_ridge(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """The refit's ridge: ``damp`` times the mean diagonal of ``gram``."""
+    return damp * gram.diagonal().mean().clamp_min(1e-12)
+
+
 def refit_rows(dense: torch.Tensor,
                kept: torch.Tensor,
                gram: torch.Tensor,
@@ -243,7 +248,7 @@ def refit_rows(dense: torch.Tensor,
         unchanged.
     """
     dense = dense.double()
-    ridge = damp * gram.diagonal().mean().clamp_min(1e-12)
+    ridge = refit_ridge(gram, damp)
     # minimises ||X̂ᵀ w_S - y||² + ridge ||w_S - dense_S||²
     refit = torch.zeros_like(dense)
     # row r: Σ x̂ y_r, plus the ridge's pull towards the unpruned weights

@@ -21,7 +21,8 @@ from typing import Dict, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .compensation import DenseLayers, rows_to_weight, weight_rows
+from .compensation import (DenseLayers, refit_ridge, rows_to_weight,
+                           weight_rows)
 from .errors import PruningInputError
 from .units import WeightUnit
 
@@ -50,7 +51,7 @@ def refit_levels(dense: torch.Tensor, ranks: torch.Tensor, gram: torch.Tensor,
     dense = dense.double()
     gram = gram.double()
     num_rows, width = dense.shape
-    ridge = damp * gram.diagonal().mean().clamp_min(1e-12)
+    ridge = refit_ridge(gram, damp)
     targets = dense @ gram + ridge * dense
     refits = {key: torch.zeros_like(dense) for key in keys}
     kept = {key: (ranks >= key).sum(1).tolist() for key in keys}
